@@ -1,0 +1,74 @@
+# sipws: `make run` starts the proxy on its built-in defaults; `make test`
+# installs everything the tests need (system packages when run as root, npm
+# packages) and runs the whole suite.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Third-party peers the interop tests start themselves.
+APT_PACKAGES := kamailio kamailio-websocket-modules kamailio-tls-modules \
+	kamailio-utils-modules sip-tester sngrep tshark openssl
+APT_STAMP := $(VENV)/.apt-installed
+NODE_DIR := tests/interop/js
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+# Whole-suite limit (seconds): a hang fails instead of eating CI time.
+SUITE_TIMEOUT ?= 1500
+PYTEST_ARGS ?=
+CONFIG ?=
+
+.PHONY: run test unit integration interop bench lint clean venv system-deps node-deps
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/twistd -n --pidfile= sipws $(if $(CONFIG),--config $(CONFIG))
+
+system-deps: $(APT_STAMP)
+
+# Installs the peers when run as root; otherwise only checks they are there
+# (the tests then fail naming what is missing).
+$(APT_STAMP): Makefile | $(STAMP)
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "not root: cannot install$$missing (tests needing them will fail)"; exit 0; \
+		fi; \
+	fi
+	touch $@
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) $(APT_STAMP) $(NODE_STAMP)
+	timeout --signal=TERM --kill-after=30 $(SUITE_TIMEOUT) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+interop: $(STAMP) $(APT_STAMP) $(NODE_STAMP)
+	$(VENV)/bin/pytest tests/interop $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules build *.egg-info

@@ -1,0 +1,9 @@
+"""The root of every exception sipws raises on purpose.
+
+Each package has its own root below this one (ConfigError, SipError, HepError,
+...), so callers can catch a whole layer's failures without catching bugs.
+"""
+
+
+class SipwsError(Exception):
+    """Base class of every sipws-specific error."""
