@@ -97,6 +97,18 @@ class SipwsService(MultiService):
         self.accepting = accepting
         log.info("websocket server {state}", state="enabled" if accepting else "disabled")
 
+    def privilegedStartService(self) -> None:
+        """Bind every listener; twistd calls this before the reactor runs.
+
+        Layers bind in their own privilegedStartService and raise StartupError
+        (port in use, bad certificate...); under twistd that becomes one line
+        on stderr and exit status 2.
+        """
+        try:
+            super().privilegedStartService()
+        except (ConfigError, StartupError) as exc:
+            _fail(str(exc))
+
     def listening(self, kind: str) -> list[Any]:
         """The ports bound for one kind of listener ("ws", "wss", "sip-udp", "admin"...)."""
         return self.ports.get(kind, [])
@@ -117,7 +129,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
         "sipws.logsetup",
         "sipws.trace.tracer",
         "sipws.transport.ws_server",
-        "sipws.relay",
+        "sipws.transport.relay",
         "sipws.admin.rpc",
     ):
         try:
