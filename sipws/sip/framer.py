@@ -1,0 +1,83 @@
+"""Split a TCP/TLS byte stream into SIP messages (RFC 3261 §18.3).
+
+Messages on a stream are framed by Content-Length, which is therefore
+required.  CRLFs between messages are keep-alives (RFC 5626 §3.5.1) and are
+skipped.  The framer only frames; each message it returns is still to be
+``parse()``d.  After an error it refuses further input: the caller closes
+the connection, since the stream position is lost.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sipws.sip.errors import SipParseError
+from sipws.sip.limits import DEFAULT_LIMITS, Limits
+
+_CL_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(?:\r\n[ \t]+)?([^\r]*)", re.IGNORECASE)
+_MAX_CL_DIGITS = 10
+
+
+class StreamFramer:
+    """Incremental framer: ``feed(bytes) -> [complete message bytes, ...]``."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._buf = bytearray()
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a message."""
+        return len(self._buf)
+
+    def _fail(self, reason: str, status: int = 400) -> SipParseError:
+        self._failed = True
+        self._buf = bytearray()
+        return SipParseError(reason, status)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the messages now complete."""
+        if self._failed:
+            raise SipParseError("stream framing already failed")
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        max_size = self._limits.max_message_size
+        while pos < n:
+            # Skip keep-alive CRLFs (and bare LFs some clients send).
+            c = buf[pos]
+            if c == 13 or c == 10:
+                pos += 1
+                continue
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if n - pos > max_size:
+                    raise self._fail("header block too large", 513)
+                break
+            if end - pos > max_size:
+                raise self._fail("header block too large", 513)
+            head = bytes(buf[pos - 2 if pos >= 2 else pos:end + 2]) if False else bytes(buf[pos:end + 2])
+            length = -1
+            for m in _CL_RE.finditer(head):
+                value = m.group(1).strip(b" \t")
+                if not value.isdigit() or len(value) > _MAX_CL_DIGITS:
+                    raise self._fail("bad Content-Length")
+                v = int(value)
+                if length >= 0 and v != length:
+                    raise self._fail("conflicting Content-Length values")
+                length = v
+            if length < 0:
+                raise self._fail("missing Content-Length on a stream")
+            total = end + 4 + length
+            if total - pos > max_size:
+                raise self._fail("message too large", 513)
+            if total > n:
+                break
+            out.append(bytes(buf[pos:total]))
+            pos = total
+        if pos:
+            del buf[:pos]
+        return out
