@@ -469,11 +469,13 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
 
 def parse_cseq(text: str) -> tuple[int, str]:
     """'314159 INVITE' -> (314159, 'INVITE'); number < 2**32."""
-    num, _, method = text.strip(_WS).partition(" ")
-    method = method.strip(_WS)
-    if not num.isdigit() or not num.isascii() or len(num) > 10 or not _TOKEN_RE.fullmatch(method or "?"):
+    parts = text.split(None, 1)
+    if len(parts) != 2:
         raise SipParseError("malformed CSeq")
-    value = int(num)
-    if value > 0xFFFFFFFF:
+    num, method = parts
+    method = method.strip(_WS)
+    if not num.isdigit() or not num.isascii() or not _TOKEN_RE.fullmatch(method):
+        raise SipParseError("malformed CSeq")
+    if len(num) > 10 or int(num) > 0xFFFFFFFF:
         raise SipParseError("CSeq number too large")
-    return value, method
+    return int(num), method

@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Union
 
 from sipws.sip.errors import SipError, SipParseError
 from sipws.sip.headers import (
+    _CANON_CACHE,
     LIST_HEADERS,
     NameAddr,
     Via,
@@ -24,9 +25,19 @@ from sipws.sip.headers import (
     parse_name_addr,
     parse_via,
     split_comma,
+    _split_semi,
 )
 from sipws.sip.limits import DEFAULT_LIMITS, Limits
 from sipws.sip.uri import SipUri, check_absolute_uri, parse_uri
+from sipws.sip.validate import (
+    FAST_NAME_ADDR,
+    FAST_PATH_MAX,
+    FAST_RURI,
+    FAST_VIA,
+    check_name_addr,
+    check_name_addrs,
+    check_vias,
+)
 
 SIP_VERSION = "SIP/2.0"
 #: Max-Forwards value assumed when the header is absent (RFC 3261 §8.1.1.6).
@@ -39,13 +50,46 @@ _MAX_CL_DIGITS = 10
 
 # Controls not allowed in a header block: everything below 0x20 except HTAB,
 # DEL, and CR / LF unless they form a CRLF pair.
-_BAD_HEAD_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# The name of each header field: text after a CRLF not followed by SP/HTAB,
+# up to the first colon on that line.
+_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+# received= takes an IPv4/IPv6 address (token characters and ':' cover both).
+_PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:]+")
+# Header names this module writes itself (no need to validate them).
+_OWN_NAMES = frozenset({"Via", "Record-Route", "Path", "Max-Forwards", "Content-Length",
+                        "Content-Type"})
+# The common request line: token method, a simple sip/sips Request-URI.
+_REQUEST_LINE_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+) (" + FAST_RURI.pattern + r") SIP/2\.0")
+# callid = word [ "@" word ] (RFC 3261 §25.1)
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALL_ID_RE = re.compile(_WORD + "(?:@" + _WORD + ")?")
+_NAME_RE = re.compile(r"\r\n([^ \t:\r\n][^:\r\n]*):")
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 _WS = " \t"
 
 _REQUIRED = frozenset({"from", "to", "call-id", "cseq", "via"})
+# Bytes allowed in a header block besides CR LF pairs: HTAB, printable ASCII
+# and every byte >= 0x80 (UTF-8 validity is checked by decoding).
+_PRINTABLE = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_CRLF = b"\r\n"
+_BARE_CRLF_RE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# A control byte not escaped by a backslash (an escaped backslash before it
+# does not count: "\\\\" then NUL is still a bare NUL).
+_BARE_CTL_RE = re.compile(rb"(?:^|[^\\])(?:\\\\)*[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards")
+(_K_VIA, _K_NAME_ADDRS, _K_NAME_ADDR, _K_CSEQ, _K_CALL_ID, _K_MAX_FORWARDS,
+ _K_CONTENT_LENGTH) = range(7)
+# Header fields parse() checks eagerly, and how.
+_CHECKED = {
+    "via": _K_VIA,
+    "contact": _K_NAME_ADDRS, "route": _K_NAME_ADDRS, "record-route": _K_NAME_ADDRS,
+    "path": _K_NAME_ADDRS,
+    "from": _K_NAME_ADDR, "to": _K_NAME_ADDR,
+    "cseq": _K_CSEQ, "call-id": _K_CALL_ID, "max-forwards": _K_MAX_FORWARDS,
+    "content-length": _K_CONTENT_LENGTH,
+}
 
 REASON_PHRASES = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -256,20 +300,19 @@ class Message:
         return parts[0], f"{name}: {', '.join(parts[1:])}"
 
     def _insert_field(self, key: str, name: str, value: str, at_front: bool) -> None:
-        _check_value(value)
-        if not is_token(name):
+        if _BAD_VALUE_RE.search(value) is not None:
+            raise SipParseError("header value contains CR, LF or NUL")
+        if name not in _OWN_NAMES and not is_token(name):
             raise SipParseError("bad header name")
-        field = f"{name}: {value}"
-        if at_front:
-            try:
-                i = self._keys.index(key)
-            except ValueError:
-                i = 0
+        keys = self._keys
+        if at_front and key in keys:
+            i = keys.index(key)
         else:
-            i = len(self._keys)
-        self._keys.insert(i, key)
-        self._fields.insert(i, field)
-        self._touch()
+            i = 0 if at_front else len(keys)
+        keys.insert(i, key)
+        self._fields.insert(i, f"{name}: {value}")
+        self._raw = None
+        self._vias = None
 
     def _pop_first(self, key: str) -> str:
         try:
@@ -296,24 +339,40 @@ class Message:
     def set_top_via_received(self, received: Optional[str], rport: Optional[int]) -> None:
         """Set received= and rport= on the top Via (RFC 3261 §18.2.1, RFC 3581).
 
-        ``None`` leaves that parameter as it is.
+        ``None`` leaves that parameter as it is.  Existing parameters keep
+        their place and spelling; new ones are appended.
         """
-        i = self._index("via")
-        if i < 0:
+        keys = self._keys
+        if "via" not in keys:
             raise SipError("no Via header")
-        first, rest = self._first_value(i)
-        via = parse_via(first)
+        i = keys.index("via")
+        new = {}
         if received is not None:
-            via.params["received"] = received
+            if _PARAM_VALUE_RE.fullmatch(received) is None:
+                raise SipParseError("bad received value")
+            new["received"] = "received=" + received
         if rport is not None:
-            via.params["rport"] = str(rport)
+            new["rport"] = f"rport={int(rport)}"
         field = self._fields[i]
-        name = field[:field.index(":")]
-        if rest is None:
-            self._fields[i] = f"{name}: {via}"
+        if "," in field or '"' in field:
+            # Several values in the field, or quoted parameters: the general way.
+            first, rest = self._first_value(i)
+            name = field[:field.index(":")]
+            head = f"{name}: {first}"
+            tail = "" if rest is None else ", " + rest[rest.index(":") + 2:]
+            parts = _split_semi(head)
         else:
-            self._fields[i] = f"{name}: {via}, {rest[rest.index(':') + 2:]}"
-        self._touch()
+            parts = field.split(";")
+            tail = ""
+        for j in range(1, len(parts)):
+            pname = parts[j].partition("=")[0].strip(_WS).lower()
+            if pname in new:
+                parts[j] = new.pop(pname)
+        if new:
+            parts.extend(new.values())
+        self._fields[i] = ";".join(parts) + tail
+        self._raw = None
+        self._vias = None
 
     def push_record_route(self, value: str) -> None:
         self._insert_field("record-route", "Record-Route", str(value), True)
@@ -327,19 +386,22 @@ class Message:
 
     def decrement_max_forwards(self) -> int:
         """Max-Forwards minus one (an absent header counts as 70); the new value."""
-        i = self._index("max-forwards")
-        if i < 0:
-            self._keys.append("max-forwards")
+        keys = self._keys
+        if "max-forwards" not in keys:
+            keys.append("max-forwards")
             self._fields.append(f"Max-Forwards: {DEFAULT_MAX_FORWARDS - 1}")
-            self._touch()
+            self._raw = None
             return DEFAULT_MAX_FORWARDS - 1
-        current = int(_value_of(self._fields[i]))
+        i = keys.index("max-forwards")
+        field = self._fields[i]
+        colon = field.index(":")
+        current = int(field[colon + 1:])  # validated by parse(); int() skips LWS
         if current <= 0:
             raise SipError("Max-Forwards is already 0")
-        field = self._fields[i]
-        self._fields[i] = f"{field[:field.index(':')]}: {current - 1}"
-        self._touch()
-        return current - 1
+        current -= 1
+        self._fields[i] = f"{field[:colon]}: {current}"
+        self._raw = None
+        return current
 
     def set_max_forwards(self, n: int) -> None:
         if not 0 <= n <= MAX_MAX_FORWARDS:
@@ -405,7 +467,7 @@ class Message:
         raw = self._raw
         if raw is not None:
             return raw
-        if self._index("content-length") < 0:
+        if "content-length" not in self._keys:
             self._keys.append("content-length")
             self._fields.append(f"Content-Length: {len(self._body)}")
         head = "\r\n".join([self._start, *self._fields])
@@ -514,92 +576,112 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
             raise SipParseError("empty message")
         raise SipParseError("no end of header block")
     head = data[:end]
-    if _BAD_HEAD_RE.search(head) is not None:
-        raise SipParseError("control character or bare CR/LF in header block")
+    # Only CRLF pairs and HTAB may remain once printable bytes are removed.
+    ctl = head.translate(None, _PRINTABLE)
+    if ctl != _CRLF * (len(ctl) >> 1):
+        _check_controls(head)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header block is not UTF-8") from None
-    lines = text.split("\r\n")
-    start = lines[0]
-    keys: list[str] = []
-    fields: list[str] = []
-    cache_get = header_key.__globals__["_CANON_CACHE"].get
-    for line in lines[1:]:
-        c0 = line[:1]
-        if c0 == " " or c0 == "\t":
-            if not fields:
-                raise SipParseError("continuation line before first header")
-            fields[-1] = fields[-1] + "\r\n" + line
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise SipParseError("header line without name and colon")
-        name = line[:colon]
-        key = cache_get(name)
-        if key is None:
-            key = header_key(name)
-        keys.append(key)
-        fields.append(line)
+    fields = text.split("\r\n")
+    start = fields[0]
+    del fields[0]
+    folded = False
     if len(fields) > limits.max_headers:
-        raise SipParseError("too many header fields")
+        fields = _unfold(fields)  # the limit counts fields, not lines
+        folded = True
+        if len(fields) > limits.max_headers:
+            raise SipParseError("too many header fields")
+    # Every field's name, in one C-level pass.  Continuation lines (folding)
+    # and lines without a colon have no match: the counts then differ.
+    names = _NAME_RE.findall(text)
+    if len(names) != len(fields):
+        if not folded:
+            fields = _unfold(fields)
+            folded = True
+        if len(names) != len(fields):
+            raise SipParseError("header line without name and colon")
     if end > limits.max_header_line and max(map(len, fields)) > limits.max_header_line:
         raise SipParseError("header field too long")
+    keys = list(map(_CANON_CACHE.get, names))
+    if None in keys:
+        keys = [k if k is not None else header_key(n) for k, n in zip(keys, names)]
+    # The start line first: a wrong SIP version deserves its own 505.
+    m = _REQUEST_LINE_RE.fullmatch(start)
+    if m is not None and len(start) < limits.max_uri_length:
+        msg: Union[Request, Response] = Request.__new__(Request)
+        msg.method, msg.uri = m.groups()
+        msg._ruri = None
+        is_request = True
+    elif start[:4].upper() == "SIP/":
+        msg = _parse_status_line(start)
+        is_request = False
+    else:
+        msg = _parse_request_line(start, limits)
+        is_request = True
     if not _REQUIRED.issubset(keys):
         missing = sorted(_REQUIRED.difference(keys))
         raise SipParseError(f"missing {', '.join(display_name_for(k) for k in missing)}")
+
+    # One pass over the fields a proxy relies on.
+    body_start = end + 4
+    length = -1
+    nvias = 0
+    cseq_method = ""
+    checked_get = _CHECKED.get
+    for key, field, name in zip(keys, fields, names):
+        kind = checked_get(key)
+        if kind is None:
+            continue
+        value = field[len(name) + 1:].strip(_WS)
+        if folded and "\r\n" in value:
+            value = _FOLD_RE.sub(" ", value).strip(_WS)
+        if kind == _K_VIA:
+            if "," in value or len(value) > FAST_PATH_MAX or "rport=" in value or \
+                    FAST_VIA.fullmatch(value) is None:
+                nvias += check_vias(value)
+            else:
+                nvias += 1
+        elif kind == _K_NAME_ADDR:
+            if len(value) > FAST_PATH_MAX or FAST_NAME_ADDR.fullmatch(value) is None:
+                check_name_addr(value, limits)
+        elif kind == _K_CSEQ:
+            cseq_method = parse_cseq(value)[1]
+        elif kind == _K_CALL_ID:
+            if _CALL_ID_RE.fullmatch(value) is None:
+                raise SipParseError("bad Call-ID")
+        elif kind == _K_MAX_FORWARDS:
+            if (not value.isdigit() or not value.isascii() or len(value) > _MAX_CL_DIGITS
+                    or int(value) > MAX_MAX_FORWARDS):
+                raise SipParseError("bad Max-Forwards")
+        elif kind == _K_NAME_ADDRS:
+            if ("," in value or len(value) > FAST_PATH_MAX
+                    or FAST_NAME_ADDR.fullmatch(value) is None):
+                check_name_addrs(value, limits, key == "contact")
+        elif kind == _K_CONTENT_LENGTH:
+            if not value.isdigit() or not value.isascii() or len(value) > _MAX_CL_DIGITS:
+                raise SipParseError("bad Content-Length")
+            n = int(value)
+            if length >= 0 and n != length:
+                raise SipParseError("conflicting Content-Length values")
+            length = n
+    if nvias > limits.max_vias:
+        raise SipParseError("too many Via values")
     for key in _SINGLE:
         if keys.count(key) > 1:
             raise SipParseError(f"more than one {display_name_for(key)}")
 
     # Body framing.
-    body_start = end + 4
-    if "content-length" in keys:
-        length = -1
-        for k, field in zip(keys, fields):
-            if k == "content-length":
-                value = _value_of(field)
-                if not value.isdigit() or not value.isascii() or len(value) > _MAX_CL_DIGITS:
-                    raise SipParseError("bad Content-Length")
-                n = int(value)
-                if length >= 0 and n != length:
-                    raise SipParseError("conflicting Content-Length values")
-                length = n
+    if length >= 0:
         if body_start + length > len(data):
             raise SipParseError("Content-Length larger than the message body")
         if body_start + length < len(data):
             data = data[:body_start + length]
-        body = data[body_start:]
-    else:
-        body = data[body_start:]
+    body = data[body_start:]
 
-    # CSeq, Max-Forwards, Via count: cheap and needed by every proxy path.
-    cseq_num, cseq_method = parse_cseq(_value_of(fields[keys.index("cseq")]))
-    if "max-forwards" in keys:
-        mf = _value_of(fields[keys.index("max-forwards")])
-        if not mf.isdigit() or not mf.isascii() or len(mf) > 3 or int(mf) > MAX_MAX_FORWARDS:
-            raise SipParseError("bad Max-Forwards")
-    nvias = 0
-    for k, field in zip(keys, fields):
-        if k == "via":
-            if "," in field:
-                nvias += len(split_comma(_value_of(field)))
-            else:
-                nvias += 1
-    if nvias > limits.max_vias:
-        raise SipParseError("too many Via values")
-    if not _value_of(fields[keys.index("call-id")]):
-        raise SipParseError("empty Call-ID")
-
-    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
-        msg: Union[Request, Response] = _parse_status_line(start)
-    else:
-        msg = _parse_request_line(start, limits)
-        if cseq_method != msg.method:
-            raise SipParseError("CSeq method does not match the request method")
-    # From and To: a proxy reads their tags; reject broken ones up front.
-    parse_name_addr(_value_of(fields[keys.index("from")]), limits)
-    parse_name_addr(_value_of(fields[keys.index("to")]), limits)
+    if is_request and cseq_method != msg.method:
+        raise SipParseError("CSeq method does not match the request method")
     msg._start = start
     msg._keys = keys
     msg._fields = fields
@@ -608,6 +690,33 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     msg._limits = limits
     msg._vias = None
     return msg
+
+
+def _check_controls(head: bytes) -> None:
+    """Slow path of the control-character check.
+
+    CR and LF must come as CRLF pairs; other controls (NUL, BEL, DEL ...)
+    are allowed only as the second byte of a quoted-pair (RFC 3261 §25.1,
+    RFC 4475 §3.1.1.2), never bare.
+    """
+    if _BARE_CRLF_RE.search(head) is not None:
+        raise SipParseError("bare CR or LF in header block")
+    if _BARE_CTL_RE.search(head) is not None:
+        raise SipParseError("control character in header block")
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """Join continuation lines (starting with SP/HTAB) to their field."""
+    fields: list[str] = []
+    for line in lines:
+        c0 = line[:1]
+        if c0 == " " or c0 == "\t":
+            if not fields:
+                raise SipParseError("continuation line before first header")
+            fields[-1] = fields[-1] + "\r\n" + line
+        else:
+            fields.append(line)
+    return fields
 
 
 def _parse_request_line(start: str, limits: Limits) -> Request:
@@ -626,7 +735,11 @@ def _parse_request_line(start: str, limits: Limits) -> Request:
             raise SipParseError("malformed request line")
     if len(uri) > limits.max_uri_length:
         raise SipParseError("Request-URI too long", 414)
-    check_absolute_uri(uri, limits)
+    if FAST_RURI.fullmatch(uri) is None:
+        scheme = check_absolute_uri(uri, limits)
+        if (scheme == "sip" or scheme == "sips") and parse_uri(uri, limits).headers:
+            # RFC 3261 §19.1.1: headers are not allowed in a Request-URI.
+            raise SipParseError("headers in Request-URI")
     req = Request.__new__(Request)
     req.method = method
     req.uri = uri
