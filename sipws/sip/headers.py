@@ -203,7 +203,8 @@ def _split_semi(text: str) -> list[str]:
     return parts
 
 
-def parse_params(items: list[str]) -> dict[str, Optional[str]]:
+def parse_params(items: list[str], value_re: "re.Pattern[str]" = _GEN_VALUE_RE
+                 ) -> dict[str, Optional[str]]:
     """[' tag=1', 'lr', 'x="a b"'] -> {'tag': '1', 'lr': None, 'x': '"a b"'}.
 
     Names are lowercased; values are kept as written (quoted strings with
@@ -220,7 +221,7 @@ def parse_params(items: list[str]) -> dict[str, Optional[str]]:
             if value.startswith('"'):
                 if len(value) < 2 or _skip_quoted(value, 0) != len(value):
                     raise SipParseError("bad quoted parameter value")
-            elif not _GEN_VALUE_RE.fullmatch(value):
+            elif not value_re.fullmatch(value):
                 raise SipParseError("bad parameter value")
             params[name.lower()] = value
         else:
@@ -235,10 +236,12 @@ def format_params(params: dict[str, Optional[str]]) -> str:
 # --------------------------------------------------------------------- Via
 
 _VIA_RE = re.compile(
-    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
-    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
+    r"([A-Za-z0-9\-.!%*_+`'~]++)[ \t]*+/[ \t]*+([A-Za-z0-9\-.!%*_+`'~]++)[ \t]*+/[ \t]*+"
+    r"([A-Za-z0-9\-.!%*_+`'~]++)[ \t]++"
+    r"(\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9\-.]++)(?:[ \t]*+:[ \t]*+([0-9]{1,5}))?+[ \t]*+"
 )
+# Via parameter values: gen-value, plus a bare IPv6 address (received=).
+_VIA_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+")
 _IPV4_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 
@@ -313,7 +316,7 @@ def parse_via(text: str) -> Via:
     via.transport = transport.upper()
     via.host = host
     via.port = _port(port) if port is not None else None
-    via.params = parse_params(parts[1:]) if len(parts) > 1 else {}
+    via.params = parse_params(parts[1:], _VIA_VALUE_RE) if len(parts) > 1 else {}
     rport = via.params.get("rport", "")
     if rport and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
         raise SipParseError("bad rport in Via")

@@ -18,18 +18,18 @@ from sipws.sip.limits import DEFAULT_LIMITS, Limits
 _ESC = r"%[0-9A-Fa-f]{2}"
 _UNRES = r"A-Za-z0-9\-_.!~*'()"
 # user = 1*( unreserved / escaped / user-unreserved )
-_USER = rf"(?:[{_UNRES}&=+$,;?/]|{_ESC})+"
+_USER = rf"(?:[{_UNRES}&=+$,;?/]++|{_ESC})++"
 # password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
-_PASSWORD = rf"(?:[{_UNRES}&=+$,]|{_ESC})*"
-_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+"
+_PASSWORD = rf"(?:[{_UNRES}&=+$,]++|{_ESC})*+"
+_HOST = r"\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9.\-]++"
 _PARAMCHAR = rf"(?:[{_UNRES}\[\]/:&+$]|{_ESC})"
 _HNVCHAR = rf"(?:[{_UNRES}\[\]/?:+$]|{_ESC})"
 
 _SIP_URI_TAIL = (
     rf"(?P<host>{_HOST})"
     rf"(?::(?P<port>[0-9]{{1,5}}))?"
-    rf"(?P<params>(?:;{_PARAMCHAR}+(?:={_PARAMCHAR}+)?)*)"
-    rf"(?:\?(?P<headers>{_HNVCHAR}+={_HNVCHAR}*(?:&{_HNVCHAR}+={_HNVCHAR}*)*))?"
+    rf"(?P<params>(?:;{_PARAMCHAR}++(?:={_PARAMCHAR}++)?+)*+)"
+    rf"(?:\?(?P<headers>{_HNVCHAR}++={_HNVCHAR}*+(?:&{_HNVCHAR}++={_HNVCHAR}*+)*+))?"
 )
 # Two variants so that matching never has to guess whether a user part is
 # there: the user class excludes ":" and "@", so each is deterministic.
@@ -40,7 +40,7 @@ _SIP_URI_NOUSER_RE = re.compile(
     rf"(?P<scheme>[Ss][Ii][Pp][Ss]?):" + _SIP_URI_TAIL)
 # absoluteURI (RFC 3261 §25): scheme ":" then printable non-space characters
 # excluding the delimiters that would end a URI inside a header field.
-_ABS_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\s<>\"\x00-\x1f\x7f]+")
+_ABS_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[^\s<>\"\x00-\x1f\x7f]++")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?")
 _USER_SAFE = frozenset(

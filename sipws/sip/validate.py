@@ -20,30 +20,33 @@ from sipws.sip.limits import Limits
 #: Values longer than this skip the fast path (keeps its cost bounded).
 FAST_PATH_MAX = 512
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_TOPLABEL = r"[A-Za-z](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-_HOST = rf"(?:{_IPV4}|(?:{_LABEL}\.){{0,16}}{_TOPLABEL}\.?)"
-_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_USER = r"[A-Za-z0-9\-_.!~*'()&=+$,]{1,256}(?::[A-Za-z0-9\-_.!~*'()&=+$,]{0,256})?@"
+# Possessive quantifiers and atomic groups (Python >= 3.11) keep these
+# patterns from ever backtracking: each position is tried once.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_ALNUM = r"[A-Za-z0-9]"
+_LABEL = rf"{_ALNUM}++(?:-++{_ALNUM}++)*+"
+_TOPLABEL = rf"[A-Za-z]{_ALNUM}*+(?:-++{_ALNUM}++)*+"
+_OCTET = r"(?>25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![A-Za-z0-9.\-])"
+_HOST = rf"(?>{_IPV4}|(?:{_LABEL}\.)*+{_TOPLABEL})"
+_PORT = r"(?>6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}(?![0-9]))"
+_USER = r"[A-Za-z0-9\-_.!~*'()&=+$,]++(?::[A-Za-z0-9\-_.!~*'()&=+$,]*+)?+@"
 _PCHAR = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]"
-_URI_PARAMS = rf"(?:;{_PCHAR}{{1,256}}(?:={_PCHAR}{{1,256}})?){{0,32}}"
-_SIP_URI = rf"[Ss][Ii][Pp][Ss]?:(?:{_USER})?{_HOST}(?::{_PORT})?"
-_QUOTED = r'"[^"\\\x00-\x1f\x7f]{0,256}"'
-_HDR_PARAMS = (rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*(?:{_TOKEN}|{_QUOTED}))?){{0,32}}")
-_DISPLAY = rf"(?:{_QUOTED}[ \t]*|{_TOKEN}(?:[ \t]+{_TOKEN}){{0,16}}[ \t]*)?"
+_URI_PARAMS = rf"(?:;{_PCHAR}++(?:={_PCHAR}++)?+)*+"
+_SIP_URI = rf"[Ss][Ii][Pp][Ss]?:(?:{_USER})?+{_HOST}(?::{_PORT})?+"
+_QUOTED = r'"[^"\\\x00-\x1f\x7f]*+"'
+_HDR_PARAMS = rf"(?:[ \t]*+;[ \t]*+{_TOKEN}(?:[ \t]*+=[ \t]*+(?:{_TOKEN}|{_QUOTED}))?+)*+"
+_DISPLAY = rf"(?:{_QUOTED}[ \t]*+|{_TOKEN}(?:[ \t]++{_TOKEN})*+[ \t]*+)?+"
 
 #: Request-URI: a sip/sips URI without headers.
 FAST_RURI = re.compile(_SIP_URI + _URI_PARAMS)
 #: name-addr (<URI> with display name) or addr-spec, with header params.
 FAST_NAME_ADDR = re.compile(
-    rf"(?:{_DISPLAY}<{_SIP_URI}{_URI_PARAMS}>|{_SIP_URI}){_HDR_PARAMS}")
+    rf"(?:<{_SIP_URI}{_URI_PARAMS}>|{_DISPLAY}<{_SIP_URI}{_URI_PARAMS}>|{_SIP_URI}){_HDR_PARAMS}")
 #: One Via value with token/IPv4 parameter values; rport= handled apart.
 FAST_VIA = re.compile(
-    rf"SIP/2\.0/[A-Za-z]{{2,4}} {_HOST}(?::{_PORT})?"
-    rf"(?:;{_TOKEN}(?:={_TOKEN})?){{0,32}}")
+    rf"SIP/2\.0/[A-Za-z]{{2,4}} {_HOST}(?::{_PORT})?+"
+    rf"(?:;{_TOKEN}(?:={_TOKEN})?+)*+")
 
 
 def check_vias(value: str) -> int:
