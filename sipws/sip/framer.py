@@ -59,7 +59,7 @@ class StreamFramer:
                 break
             if end - pos > max_size:
                 raise self._fail("header block too large", 513)
-            head = bytes(buf[pos - 2 if pos >= 2 else pos:end + 2]) if False else bytes(buf[pos:end + 2])
+            head = bytes(buf[pos:end + 2])
             length = -1
             for m in _CL_RE.finditer(head):
                 value = m.group(1).strip(b" \t")

@@ -602,8 +602,13 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
             folded = True
         if len(names) != len(fields):
             raise SipParseError("header line without name and colon")
-    if end > limits.max_header_line and max(map(len, fields)) > limits.max_header_line:
-        raise SipParseError("header field too long")
+    if end > limits.max_header_line:
+        # Only a header block longer than the limit can hold a field over it;
+        # the limit counts bytes, folded continuation lines included.
+        line_limit = limits.max_header_line
+        if len(start.encode()) > line_limit or any(
+                len(f) * 4 > line_limit and len(f.encode()) > line_limit for f in fields):
+            raise SipParseError("header field too long")
     keys = list(map(_CANON_CACHE.get, names))
     if None in keys:
         keys = [k if k is not None else header_key(n) for k, n in zip(keys, names)]
