@@ -60,7 +60,8 @@ _TOKEN_CHARS = frozenset(
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # A display name without quotes: tokens separated by LWS (non-ASCII allowed
 # on purpose: some clients write UTF-8 names unquoted).
-_BARE_DISPLAY_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+)*")
+_DISPLAY_CHAR = r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]"
+_BARE_DISPLAY_RE = re.compile(rf"{_DISPLAY_CHAR}++(?:[ \t]++{_DISPLAY_CHAR}++)*+")
 # gen-value = token / host / quoted-string (quoted handled separately)
 _GEN_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+|\[[0-9A-Fa-f:.]+\]")
 _WS = " \t"

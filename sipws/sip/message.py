@@ -365,7 +365,7 @@ class Message:
             parts = field.split(";")
             tail = ""
         for j in range(1, len(parts)):
-            pname = parts[j].partition("=")[0].strip(_WS).lower()
+            pname = parts[j].partition("=")[0].strip().lower()  # also folding CRLFs
             if pname in new:
                 parts[j] = new.pop(pname)
         if new:

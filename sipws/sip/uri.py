@@ -256,7 +256,8 @@ def parse_uri(text: str, limits: Limits = DEFAULT_LIMITS) -> SipUri:
     m = (_SIP_URI_RE if "@" in text else _SIP_URI_NOUSER_RE).fullmatch(text)
     if m is None:
         colon = text.find(":")
-        if colon > 0 and text[:colon].lower() not in ("sip", "sips") and _SCHEME_RE.fullmatch(text[:colon]):
+        scheme = text[:colon] if colon > 0 else ""
+        if scheme and scheme.lower() not in ("sip", "sips") and _SCHEME_RE.fullmatch(scheme):
             raise SipParseError("unsupported URI scheme", 416)
         raise SipParseError("malformed SIP URI")
     g = m.groupdict()

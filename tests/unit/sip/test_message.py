@@ -3,8 +3,7 @@
 import pytest
 
 from sipws.sip import (
-    DEFAULT_LIMITS, Limits, NameAddr, Request, Response, SipError, SipParseError, Via,
-    make_response, parse,
+    DEFAULT_LIMITS, Limits, Request, Response, SipError, SipParseError, make_response, parse,
 )
 from sipws.errors import SipwsError
 
@@ -58,7 +57,8 @@ def test_compact_forms_and_case_insensitive_names():
     for full, value in (("Subject", "hello"), ("Event", "presence"),
                         ("Allow-Events", "presence"), ("Refer-To", "<sip:x@y.com>"),
                         ("Referred-By", "<sip:z@y.com>"), ("Session-Expires", "1800"),
-                        ("Identity", "abc"), ("Supported", "path"), ("Contact", "<sip:ka@192.0.2.1>")):
+                        ("Identity", "abc"), ("Supported", "path"),
+                        ("Contact", "<sip:ka@192.0.2.1>")):
         assert msg.get(full) == value and msg.has(full.lower())
     assert bytes(msg) == data
 
@@ -427,10 +427,20 @@ def test_make_response_copies_and_tags():
 def test_make_response_100_has_no_tag_and_existing_tag_kept():
     req = parse(invite())
     assert make_response(req, 100, to_tag="x").to.tag is None
-    tagged = parse(invite().replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=old"))
+    tagged = parse(invite().replace(b"To: <sip:bob@example.com>",
+                                    b"To: <sip:bob@example.com>;tag=old"))
     assert make_response(tagged, 503, "Overloaded", to_tag="new").to.tag == "old"
     assert make_response(tagged, 503, "Overloaded").reason == "Overloaded"
     with pytest.raises(SipError):
         make_response(req, 99)
     with pytest.raises(SipParseError):
         make_response(req, 400, "bad\r\nX: y")
+
+
+def test_set_received_on_a_folded_via():
+    data = invite().replace(b";branch=z9hG4bK6307497", b";branch=z9hG4bK6307497;\r\n rport")
+    msg = parse(data)
+    msg.set_top_via_received("192.0.2.5", 1234)
+    via = parse(bytes(msg)).top_via
+    assert via.rport == 1234 and via.received == "192.0.2.5"
+    assert bytes(msg).count(b"rport") == 1
