@@ -444,3 +444,20 @@ def test_set_received_on_a_folded_via():
     via = parse(bytes(msg)).top_via
     assert via.rport == 1234 and via.received == "192.0.2.5"
     assert bytes(msg).count(b"rport") == 1
+
+
+def test_input_types():
+    data = invite()
+    assert bytes(parse(bytearray(data))) == data
+    assert bytes(parse(memoryview(data))) == data
+    with pytest.raises(TypeError):
+        parse(data.decode())
+
+
+def test_limits_are_frozen_and_errors_pickle():
+    import dataclasses
+    import pickle
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_LIMITS.max_vias = 1
+    err = pickle.loads(pickle.dumps(SipParseError("bad thing", 414)))
+    assert (err.reason, err.status) == ("bad thing", 414)

@@ -28,6 +28,8 @@ def _exercise(msg) -> None:
     msg.from_.tag, msg.to.tag, msg.call_id, msg.cseq, msg.max_forwards, msg.content_length
     msg.get_all("supported"), msg.get_all("require"), msg.get_all("proxy-require")
     msg.header_fields()
+    if msg.is_request and msg.uri[:4].lower() in ("sip:", "sips"):
+        assert msg.request_uri.host
 
 
 @st.composite
