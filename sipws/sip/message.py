@@ -48,10 +48,7 @@ MAX_MAX_FORWARDS = 255
 #: Digits accepted in Content-Length (anything longer is over any limit).
 _MAX_CL_DIGITS = 10
 
-# Controls not allowed in a header block: everything below 0x20 except HTAB,
-# DEL, and CR / LF unless they form a CRLF pair.
-# The name of each header field: text after a CRLF not followed by SP/HTAB,
-# up to the first colon on that line.
+# What a header value we write must never contain (header injection).
 _BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
 # received= takes an IPv4/IPv6 address (token characters and ':' cover both).
 _PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:]+")
@@ -60,11 +57,13 @@ _OWN_NAMES = frozenset({"Via", "Record-Route", "Path", "Max-Forwards", "Content-
                         "Content-Type"})
 # The common request line: token method, a simple sip/sips Request-URI.
 _REQUEST_LINE_RE = re.compile(
-    r"([A-Za-z0-9\-.!%*_+`'~]+) (" + FAST_RURI.pattern + r") SIP/2\.0")
+    r"([A-Za-z0-9\-.!%*_+`'~]++) (" + FAST_RURI.pattern + r") SIP/2\.0")
 # callid = word [ "@" word ] (RFC 3261 §25.1)
-_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]++"
 _CALL_ID_RE = re.compile(_WORD + "(?:@" + _WORD + ")?")
-_NAME_RE = re.compile(r"\r\n([^ \t:\r\n][^:\r\n]*):")
+# The name of each header field: text after a CRLF not followed by SP/HTAB,
+# up to the first colon on that line.
+_NAME_RE = re.compile(r"\r\n([^ \t:\r\n][^:\r\n]*+):")
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 _WS = " \t"
