@@ -25,6 +25,10 @@ class StreamFramer:
         self._limits = limits
         self._buf = bytearray()
         self._failed = False
+        self._run = bytearray()  # CR/LF bytes seen since the last message or ping
+        #: Double-CRLF keep-alive pings (RFC 5626 §3.5.1) seen by the last
+        #: feed(); a server answers each with a single CRLF pong.
+        self.pings = 0
 
     @property
     def buffered(self) -> int:
@@ -43,6 +47,8 @@ class StreamFramer:
         buf = self._buf
         buf += data
         out: list[bytes] = []
+        self.pings = 0
+        run = self._run
         pos = 0
         n = len(buf)
         max_size = self._limits.max_message_size
@@ -51,7 +57,14 @@ class StreamFramer:
             c = buf[pos]
             if c == 13 or c == 10:
                 pos += 1
+                run.append(c)
+                if run[-4:] == b"\r\n\r\n":
+                    self.pings += 1
+                    run.clear()
+                elif len(run) > 4:
+                    del run[:-4]
                 continue
+            run.clear()
             end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
                 if n - pos > max_size:

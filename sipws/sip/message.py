@@ -552,6 +552,15 @@ class Response(Message):
 # ------------------------------------------------------------------ parse
 
 
+def is_keepalive(data: bytes) -> bool:
+    """Is this datagram / WebSocket message only CRLFs (a keep-alive, RFC 5626)?
+
+    Such data is not a SIP message: ``parse()`` would reject it as empty.
+    """
+    return bool(data) and not bytes(data).strip(b"\r\n")
+
+
+
 def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Response]:
     """Parse one complete SIP message (a WebSocket message or a datagram).
 

@@ -70,3 +70,18 @@ def test_over_limit_by_content_length():
     big = A.replace(b"Content-Length: 5", b"Content-Length: 70000")
     with pytest.raises(SipParseError, match="too large"):
         StreamFramer().feed(big)
+
+
+def test_pings_are_counted_for_pongs():
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n\r\n") == [] and framer.pings == 1
+    assert framer.feed(b"\r\n") == [] and framer.pings == 0
+    assert framer.feed(b"\r\n" + A + b"\r\n\r\n\r\n\r\n") == [A] and framer.pings == 3
+    assert framer.feed(A[:5]) == [] and framer.pings == 0
+    assert framer.feed(A[5:]) == [A] and framer.pings == 0
+
+
+def test_is_keepalive():
+    from sipws.sip import is_keepalive
+    assert is_keepalive(b"\r\n\r\n") and is_keepalive(b"\r\n")
+    assert not is_keepalive(b"") and not is_keepalive(A) and not is_keepalive(b"\r\nx")
