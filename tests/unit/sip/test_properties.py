@@ -199,3 +199,50 @@ def test_generated_messages_edit_and_reparse(user, host, tag, display, mf, body,
     assert again.get("x-tag") == tag and again.body == body
     assert again.pop_via().startswith("SIP/2.0/WSS")
     assert parse(bytes(again)).vias == again.vias
+
+
+NAME_ADDR_SEEDS = ['"Alice" <sip:alice@example.com>;tag=p1', "<sip:bob@192.0.2.1:5060;lr>",
+                   "sip:carol@a-b.example.com;tag=9", "Bob Smith <sips:b:pw@h.example.org;x=y>",
+                   '<sip:t8f4@x.invalid;transport=ws;ob>;+sip.instance="<urn:uuid:1>";reg-id=1']
+VIA_SEEDS = ["SIP/2.0/WSS 7d5ka3jfi1ak.invalid;branch=z9hG4bK6307497",
+             "SIP/2.0/UDP 192.0.2.1:5060;rport;branch=z9hG4bKx;received=192.0.2.9"]
+
+
+def _mutate_text(base, edits):
+    for pos, ch in edits:
+        text_pos = pos % (len(base) + 1)
+        base = base[:text_pos] + ch + base[text_pos:]
+    return base
+
+
+EDIT = st.tuples(st.integers(0, 200), st.sampled_from(list(':;@?&=%[]<> ."\\,-_*+~0a9é\t')))
+
+
+@SETTINGS
+@given(st.sampled_from(NAME_ADDR_SEEDS), st.lists(EDIT, max_size=4))
+def test_fast_name_addr_pattern_is_a_subset_of_the_full_parser(seed, edits):
+    from sipws.sip.validate import FAST_NAME_ADDR
+    from sipws.sip import parse_name_addr
+    text = _mutate_text(seed, edits)
+    if FAST_NAME_ADDR.fullmatch(text):
+        parse_name_addr(text)  # must not raise
+
+
+@SETTINGS
+@given(st.sampled_from(VIA_SEEDS), st.lists(EDIT, max_size=4))
+def test_fast_via_pattern_is_a_subset_of_the_full_parser(seed, edits):
+    from sipws.sip.validate import FAST_VIA
+    from sipws.sip import parse_via
+    text = _mutate_text(seed, edits)
+    if FAST_VIA.fullmatch(text) and "rport=" not in text:
+        parse_via(text)
+
+
+@SETTINGS
+@given(st.sampled_from(["sip:alice@example.com", "sip:192.0.2.1:5060;lr",
+                        "sips:a:b@h-1.example.org;transport=tls"]), st.lists(EDIT, max_size=4))
+def test_fast_request_uri_pattern_is_a_subset_of_the_full_parser(seed, edits):
+    from sipws.sip.validate import FAST_RURI
+    text = _mutate_text(seed, edits)
+    if FAST_RURI.fullmatch(text):
+        assert parse_uri(text).host
