@@ -38,9 +38,9 @@ _SIP_URI_RE = re.compile(
     + _SIP_URI_TAIL)
 _SIP_URI_NOUSER_RE = re.compile(
     rf"(?P<scheme>[Ss][Ii][Pp][Ss]?):" + _SIP_URI_TAIL)
-# absoluteURI (RFC 3261 §25): scheme ":" then printable non-space characters
-# excluding the delimiters that would end a URI inside a header field.
-_ABS_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[^\s<>\"\x00-\x1f\x7f]++")
+# absoluteURI (RFC 3261 §25): scheme ":" then printable ASCII characters
+# except the delimiters that would end a URI inside a header field (" < >).
+_ABS_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]++")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?")
 _USER_SAFE = frozenset(
