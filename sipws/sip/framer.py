@@ -16,6 +16,7 @@ from sipws.sip.limits import DEFAULT_LIMITS, Limits
 
 _CL_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(?:\r\n[ \t]+)?([^\r]*)", re.IGNORECASE)
 _MAX_CL_DIGITS = 10
+_NOT_CRLF_RE = re.compile(rb"[^\r\n]")
 
 
 class StreamFramer:
@@ -56,13 +57,16 @@ class StreamFramer:
             # Skip keep-alive CRLFs (and bare LFs some clients send).
             c = buf[pos]
             if c == 13 or c == 10:
-                pos += 1
-                run.append(c)
-                if run[-4:] == b"\r\n\r\n":
-                    self.pings += 1
-                    run.clear()
-                elif len(run) > 4:
-                    del run[:-4]
+                m = _NOT_CRLF_RE.search(buf, pos)
+                stop = m.start() if m is not None else n
+                run += buf[pos:stop]
+                pings = run.count(b"\r\n\r\n")
+                if pings:
+                    self.pings += pings
+                    del run[:run.rfind(b"\r\n\r\n") + 4]
+                if len(run) > 3:
+                    del run[:-3]  # enough to complete a ping split across feeds
+                pos = stop
                 continue
             run.clear()
             end = buf.find(b"\r\n\r\n", pos)
@@ -72,9 +76,8 @@ class StreamFramer:
                 break
             if end - pos > max_size:
                 raise self._fail("header block too large", 513)
-            head = bytes(buf[pos:end + 2])
             length = -1
-            for m in _CL_RE.finditer(head):
+            for m in _CL_RE.finditer(buf, pos, end + 2):
                 value = m.group(1).strip(b" \t")
                 if not value.isdigit() or len(value) > _MAX_CL_DIGITS:
                     raise self._fail("bad Content-Length")

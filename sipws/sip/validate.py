@@ -35,6 +35,10 @@ _USER = r"[A-Za-z0-9\-_.!~*'()&=+$,]++(?::[A-Za-z0-9\-_.!~*'()&=+$,]*+)?+@"
 _PCHAR = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]"
 _URI_PARAMS = rf"(?:;{_PCHAR}++(?:={_PCHAR}++)?+)*+"
 _SIP_URI = rf"[Ss][Ii][Pp][Ss]?:(?:{_USER})?+{_HOST}(?::{_PORT})?+"
+# An addr-spec (no <>) may not contain "," (RFC 3261 §20.10): no comma in user.
+_USER_NO_COMMA = r"[A-Za-z0-9\-_.!~*'()&=+$]"
+_ADDR_SPEC = (rf"[Ss][Ii][Pp][Ss]?:(?:{_USER_NO_COMMA}++(?::{_USER_NO_COMMA}*+)?+@)?+"
+              rf"{_HOST}(?::{_PORT})?+")
 _QUOTED = r'"[^"\\\x00-\x1f\x7f]*+"'
 _HDR_PARAMS = rf"(?:[ \t]*+;[ \t]*+{_TOKEN}(?:[ \t]*+=[ \t]*+(?:{_TOKEN}|{_QUOTED}))?+)*+"
 _DISPLAY = rf"(?:{_QUOTED}[ \t]*+|{_TOKEN}(?:[ \t]++{_TOKEN})*+[ \t]*+)?+"
@@ -43,7 +47,8 @@ _DISPLAY = rf"(?:{_QUOTED}[ \t]*+|{_TOKEN}(?:[ \t]++{_TOKEN})*+[ \t]*+)?+"
 FAST_RURI = re.compile(_SIP_URI + _URI_PARAMS)
 #: name-addr (<URI> with display name) or addr-spec, with header params.
 FAST_NAME_ADDR = re.compile(
-    rf"(?:<{_SIP_URI}{_URI_PARAMS}>|{_DISPLAY}<{_SIP_URI}{_URI_PARAMS}>|{_SIP_URI}){_HDR_PARAMS}")
+    rf"(?:<{_SIP_URI}{_URI_PARAMS}>|{_DISPLAY}<{_SIP_URI}{_URI_PARAMS}>|{_ADDR_SPEC})"
+    rf"{_HDR_PARAMS}")
 #: One Via value with token/IPv4 parameter values; rport= handled apart.
 FAST_VIA = re.compile(
     rf"SIP/2\.0/[A-Za-z]{{2,4}} {_HOST}(?::{_PORT})?+"

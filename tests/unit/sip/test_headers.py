@@ -115,3 +115,11 @@ def test_cseq():
                 "1 INV ITE", "1 INV@TE", "36893488147419103232 REGISTER"):
         with pytest.raises(SipParseError):
             parse_cseq(bad)
+
+
+def test_comma_in_addr_spec_user_needs_angle_brackets():
+    from sipws.sip.validate import FAST_NAME_ADDR
+    assert FAST_NAME_ADDR.fullmatch("sip:carol,x@a.example.com;tag=9") is None
+    with pytest.raises(SipParseError):
+        parse_name_addr("sip:carol,x@a.example.com;tag=9")
+    assert parse_name_addr("<sip:carol,x@a.example.com>;tag=9").uri.user == "carol,x"
