@@ -643,6 +643,8 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     nvias = 0
     cseq_method = ""
     checked_get = _CHECKED.get
+    # A value no longer than the URI limit cannot hold a URI over it.
+    fast_max = min(FAST_PATH_MAX, limits.max_uri_length)
     for key, field, name in zip(keys, fields, names):
         kind = checked_get(key)
         if kind is None:
@@ -657,7 +659,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
             else:
                 nvias += 1
         elif kind == _K_NAME_ADDR:
-            if len(value) > FAST_PATH_MAX or FAST_NAME_ADDR.fullmatch(value) is None:
+            if len(value) > fast_max or FAST_NAME_ADDR.fullmatch(value) is None:
                 check_name_addr(value, limits)
         elif kind == _K_CSEQ:
             cseq_method = parse_cseq(value)[1]
@@ -669,7 +671,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
                     or int(value) > MAX_MAX_FORWARDS):
                 raise SipParseError("bad Max-Forwards")
         elif kind == _K_NAME_ADDRS:
-            if ("," in value or len(value) > FAST_PATH_MAX
+            if ("," in value or len(value) > fast_max
                     or FAST_NAME_ADDR.fullmatch(value) is None):
                 check_name_addrs(value, limits, key == "contact")
         elif kind == _K_CONTENT_LENGTH:

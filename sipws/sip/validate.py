@@ -91,6 +91,7 @@ def check_name_addrs(value: str, limits: Limits, allow_star: bool = False) -> in
 
 
 def check_name_addr(value: str, limits: Limits, allow_star: bool = False) -> None:
-    if len(value) <= FAST_PATH_MAX and FAST_NAME_ADDR.fullmatch(value) is not None:
+    if (len(value) <= min(FAST_PATH_MAX, limits.max_uri_length)
+            and FAST_NAME_ADDR.fullmatch(value) is not None):
         return
     parse_name_addr(value, limits, allow_star)

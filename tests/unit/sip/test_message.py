@@ -461,3 +461,12 @@ def test_limits_are_frozen_and_errors_pickle():
         DEFAULT_LIMITS.max_vias = 1
     err = pickle.loads(pickle.dumps(SipParseError("bad thing", 414)))
     assert (err.reason, err.status) == ("bad thing", 414)
+
+
+def test_small_uri_limit_applies_to_fast_path_values():
+    limits = Limits(max_uri_length=30)
+    data = invite().replace(b"To: <sip:bob@example.com>",
+                            b"To: <sip:bob-with-a-long-name@example.com>")
+    with pytest.raises(SipParseError) as info:
+        parse(data, limits)
+    assert info.value.status == 414
