@@ -6,6 +6,7 @@ SipParseError for malformed text.  Scanners are single passes over the text.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Optional, Union
 
@@ -50,13 +51,10 @@ LIST_HEADERS = frozenset(
         "security-client", "security-server", "security-verify",
         "accept-contact", "reject-contact", "request-disposition",
         "history-info", "reason", "p-asserted-identity",
-        "p-preferred-identity", "privacy", "sec-websocket-protocol",
+        "p-preferred-identity", "privacy",
     }
 )
 
-_TOKEN_CHARS = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
-)
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # A display name without quotes: tokens separated by LWS (non-ASCII allowed
 # on purpose: some clients write UTF-8 names unquoted).
@@ -243,7 +241,6 @@ _VIA_RE = re.compile(
 )
 # Via parameter values: gen-value, plus a bare IPv6 address (received=).
 _VIA_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+")
-_IPV4_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 
 class Via:
@@ -327,7 +324,6 @@ def parse_via(text: str) -> Via:
 
 
 def _check_ip6(text: str) -> str:
-    import ipaddress
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -354,7 +350,7 @@ class NameAddr:
     the URI), lowercase names, values as written.
     """
 
-    __slots__ = ("display", "raw_uri", "params", "is_star", "_uri", "_limits", "_angle")
+    __slots__ = ("display", "raw_uri", "params", "is_star", "_uri", "_limits")
 
     def __init__(self, uri: Union[SipUri, str, None] = None, display: Optional[str] = None,
                  params: Optional[dict[str, Optional[str]]] = None, is_star: bool = False) -> None:
@@ -364,7 +360,6 @@ class NameAddr:
         self.params = dict(params) if params else {}
         self.is_star = is_star
         self._limits = DEFAULT_LIMITS
-        self._angle = True
 
     @property
     def uri(self) -> Optional[SipUri]:
@@ -421,7 +416,6 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
         na.raw_uri = ""
         na.params = {}
         na.is_star = True
-        na._angle = False
         return na
     if text.startswith('"'):
         end = _skip_quoted(text, 0)
@@ -444,7 +438,6 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
             raise SipParseError("missing '>'")
         raw_uri = text[lt + 1:gt]
         rest = text[gt + 1:].lstrip(_WS)
-        na._angle = True
     else:
         if ">" in text:
             raise SipParseError("unbalanced angle brackets")
@@ -455,7 +448,6 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
         # RFC 3261 §20.10: an addr-spec containing ',' '?' or ';' needs <>.
         if "," in raw_uri or "?" in raw_uri:
             raise SipParseError("URI with ',' or '?' must be in <>")
-        na._angle = False
     if not raw_uri:
         raise SipParseError("empty URI")
     scheme = check_absolute_uri(raw_uri, limits)
