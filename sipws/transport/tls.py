@@ -1,0 +1,233 @@
+"""TLS settings for wss (server and client role) and TLS facts for tracing.
+
+Everything wrong with the files (unreadable, not PEM, key not matching the
+certificate, a directory with no usable pair) is a ConfigError naming the key,
+found at start-up rather than at the first handshake.
+
+SNI: ``[wss] certificate`` may name a directory of PEM files, each holding a
+certificate (chain) and its key.  The server picks the one whose names match
+the client's server_name (exact, then ``*.`` wildcard), else the first file in
+name order.  Implemented with pyOpenSSL's servername callback rather than
+Twisted's PEM-directory endpoint, which loops at start-up on a self-signed
+root in the directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.ssl import TLSVersion
+
+from sipws.config import ConfigError, WssConfig
+
+_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+_PEM_SUFFIXES = (".pem", ".crt")
+
+
+@dataclass(frozen=True)
+class _Identity:
+    names: tuple[str, ...]
+    options: ssl.CertificateOptions
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def _load_pair(cert_key: str, cert_pem: bytes, key_key: str, key_pem: bytes) -> tuple[Any, Any, list[Any]]:
+    """(certificate, key, chain) as pyOpenSSL objects, checked to belong together."""
+    try:
+        chain = [
+            crypto.load_certificate(crypto.FILETYPE_PEM, block)
+            for block in _pem_blocks(cert_pem, b"CERTIFICATE")
+        ]
+    except crypto.Error:
+        raise ConfigError(cert_key, "not a valid PEM certificate") from None
+    if not chain:
+        raise ConfigError(cert_key, "no PEM certificate found")
+    try:
+        private_key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error:
+        raise ConfigError(key_key, "not a valid PEM private key") from None
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.use_certificate(chain[0])
+        context.use_privatekey(private_key)
+        context.check_privatekey()
+    except SSL.Error:
+        raise ConfigError(key_key, "does not match [wss] certificate") from None
+    return chain[0], private_key, chain[1:]
+
+
+def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
+    begin, end = b"-----BEGIN " + label + b"-----", b"-----END " + label + b"-----"
+    blocks = []
+    start = data.find(begin)
+    while start >= 0:
+        stop = data.find(end, start)
+        if stop < 0:
+            break
+        blocks.append(data[start : stop + len(end)] + b"\n")
+        start = data.find(begin, stop)
+    return blocks
+
+
+def _names(certificate: Any) -> tuple[str, ...]:
+    """DNS names of a certificate: subjectAltName entries, else the CN."""
+    names: list[str] = []
+    for index in range(certificate.get_extension_count()):
+        extension = certificate.get_extension(index)
+        if extension.get_short_name() == b"subjectAltName":
+            for part in str(extension).split(","):
+                kind, _, value = part.strip().partition(":")
+                if kind in ("DNS", "IP Address"):
+                    names.append(value.strip().lower())
+    if not names and certificate.get_subject().CN:
+        names.append(certificate.get_subject().CN.lower())
+    return tuple(names)
+
+
+def _ca_certificates(key: str, path: str) -> list[Any]:
+    blocks = _pem_blocks(_read(key, path), b"CERTIFICATE")
+    if not blocks:
+        raise ConfigError(key, f"no PEM certificate in {path!r}")
+    try:
+        return [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception:
+        raise ConfigError(key, f"{path!r} is not a valid PEM CA bundle") from None
+
+
+def _options(wss: WssConfig, certificate: Any, private_key: Any, chain: list[Any]) -> ssl.CertificateOptions:
+    kwargs: dict[str, Any] = {}
+    if wss.ca_list:
+        kwargs["caCerts"] = [c.original for c in _ca_certificates("[wss] ca_list", wss.ca_list)]
+        kwargs["verify"] = True
+        kwargs["requireCertificate"] = wss.require_client_cert
+    return ssl.CertificateOptions(
+        privateKey=private_key,
+        certificate=certificate,
+        extraCertChain=chain,
+        raiseMinimumTo=_VERSIONS[wss.min_tls_version],
+        enableSessions=False,
+        **kwargs,
+    )
+
+
+def _directory_identities(wss: WssConfig) -> list[_Identity]:
+    key = "[wss] certificate"
+    files = sorted(
+        name for name in os.listdir(wss.certificate) if name.lower().endswith(_PEM_SUFFIXES)
+    )
+    identities = []
+    for name in files:
+        path = os.path.join(wss.certificate, name)
+        pem = _read(key, path)
+        if b"PRIVATE KEY-----" not in pem:
+            continue  # a CA or chain file: not an identity of its own
+        cert, private_key, chain = _load_pair(f"{key} ({name})", pem, f"{key} ({name})", pem)
+        identities.append(_Identity(_names(cert), _options(wss, cert, private_key, chain)))
+    if not identities:
+        raise ConfigError(key, f"no PEM file with a certificate and its key in {wss.certificate!r}")
+    return identities
+
+
+def _matches(server_name: str, names: tuple[str, ...]) -> bool:
+    if server_name in names:
+        return True
+    head, _, rest = server_name.partition(".")
+    return bool(rest) and f"*.{rest}" in names
+
+
+class _SniOptions:
+    """A context factory choosing the identity by the client's server_name."""
+
+    def __init__(self, identities: list[_Identity]) -> None:
+        self._identities = identities
+        self._default = identities[0].options.getContext()
+        self._default.set_tlsext_servername_callback(self._pick)
+
+    def _pick(self, connection: Any) -> None:
+        raw = connection.get_servername()
+        if not raw:
+            return
+        server_name = raw.decode("ascii", "replace").lower()
+        for identity in self._identities:
+            if _matches(server_name, identity.names):
+                connection.set_context(identity.options.getContext())
+                return
+
+    def getContext(self) -> Any:
+        return self._default
+
+
+def server_tls_options(wss: WssConfig) -> Any:
+    """The context factory for wss listeners, built and checked now."""
+    if os.path.isdir(wss.certificate):
+        return _SniOptions(_directory_identities(wss))
+    cert, private_key, chain = _load_pair(
+        "[wss] certificate", _read("[wss] certificate", wss.certificate),
+        "[wss] private_key", _read("[wss] private_key", wss.private_key),
+    )
+    return _options(wss, cert, private_key, chain)
+
+
+def client_tls_options(
+    hostname: str,
+    ca_list: str = "",
+    verify: bool = True,
+    client_cert: str = "",
+    client_key: str = "",
+    min_tls_version: str = "1.2",
+) -> Any:
+    """Options for dialling a TLS server: certificate and host name checked, SNI sent."""
+    minimum = _VERSIONS[min_tls_version]
+    client_certificate = None
+    if client_cert:
+        pem = _read("client certificate", client_cert) + b"\n" + _read("client key", client_key or client_cert)
+        client_certificate = ssl.PrivateCertificate.loadPEM(pem)
+    if not verify:
+        return ssl.CertificateOptions(raiseMinimumTo=minimum, verify=False, **(
+            {"privateKey": client_certificate.privateKey.original, "certificate": client_certificate.original}
+            if client_certificate else {}
+        ))
+    trust = ssl.platformTrust()
+    if ca_list:
+        certificates = _ca_certificates("[wss] ca_list", ca_list)
+        trust = ssl.trustRootFromCertificates(certificates)
+    return ssl.optionsForClientTLS(
+        hostname, trustRoot=trust, clientCertificate=client_certificate, extraCertificateOptions={"raiseMinimumTo": minimum}
+    )
+
+
+def _x509_name(name: Any) -> str | None:
+    if name is None:
+        return None
+    return ",".join(f"{k.decode()}={v.decode('utf-8', 'replace')}" for k, v in name.get_components())
+
+
+def tls_details(transport: Any) -> dict[str, Any] | None:
+    """Protocol, cipher and the certificates' subjects and issuers, for HEP tracing."""
+    connection = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(connection, SSL.Connection):
+        return None
+    try:
+        peer = connection.get_peer_certificate()
+        ours = connection.get_certificate()
+        return {
+            "protocol": connection.get_protocol_version_name(),
+            "cipher": connection.get_cipher_name(),
+            "peer_subject": _x509_name(peer.get_subject()) if peer else None,
+            "peer_issuer": _x509_name(peer.get_issuer()) if peer else None,
+            "local_subject": _x509_name(ours.get_subject()) if ours else None,
+            "local_issuer": _x509_name(ours.get_issuer()) if ours else None,
+        }
+    except SSL.Error:
+        return None
