@@ -577,7 +577,7 @@ class Tracer(Service):
         if not self._enabled or (record is not None and not record.traced):
             return
         try:
-            data = bytes(data)
+            data = data.encode("utf-8") if isinstance(data, str) else memoryview(data).tobytes()
             call_id = find_call_id(data)
             if call_id is None and record is not None:
                 call_id = str(record.id).encode()
@@ -608,14 +608,14 @@ class Tracer(Service):
               timestamp: float) -> None:
         seconds = int(timestamp)
         micros = min(max(int(round((timestamp - seconds) * 1_000_000)), 0), 999_999)
-        fields: dict[str, Any] = _address_fields(src, dst)
-        fields.update(self._identity)
         try:
+            fields: dict[str, Any] = _address_fields(src, dst)
+            fields.update(self._identity)
             packet = hep.encode(hep.HepPacket(
                 ip_proto=ip_proto, src_port=int(src[1]), dst_port=int(dst[1]),
                 ts_sec=seconds, ts_usec=micros, proto_type=proto_type,
                 payload=payload, correlation_id=correlation_id, **fields))
-        except HepError as exc:
+        except (HepError, ValueError, TypeError, IndexError) as exc:
             self.dropped()
             log.warn("trace: packet not built ({err}); dropped", err=exc)
             return
