@@ -304,7 +304,7 @@ class TcpDestination(Destination):
         self.reactor = reactor
         self.host = host
         self.port = port
-        self.endpoint = endpoint or HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        self.endpoint = endpoint  # built at start, when the reactor is the real one
         self.delay = RECONNECT_INITIAL
         self.attempts = 0
         self._proto: _HepStream | None = None
@@ -315,6 +315,9 @@ class TcpDestination(Destination):
 
     def start(self) -> None:
         self._stopped = False
+        if self.endpoint is None:
+            self.endpoint = HostnameEndpoint(self.reactor, self.host, self.port,
+                                             timeout=CONNECT_TIMEOUT)
         self._dial()
 
     def _dial(self) -> None:

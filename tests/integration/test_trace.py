@@ -1,0 +1,239 @@
+"""HEP tracing end to end: a real sipws, real WebSocket clients, collectors on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol, reactor
+
+from sipws.trace import hep
+from tests.integration import trace_filters
+from tests.integration.conftest import in_thread, port_of, sleep, wait_for
+from tests.integration.wsclient import RawWs, good_headers
+
+
+class UdpCollector(protocol.DatagramProtocol):
+    """A HEP collector on UDP: every datagram must decode as one packet."""
+
+    def __init__(self) -> None:
+        self.packets: list[hep.HepPacket] = []
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.packets.append(hep.decode(data))
+
+
+class TcpCollectorProtocol(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.factory.connections += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        packets, self.buffer = hep.split_stream(self.buffer + data)
+        self.factory.packets.extend(hep.decode(p) for p in packets)
+
+
+class TcpCollector(protocol.Factory):
+    protocol = TcpCollectorProtocol
+
+    def __init__(self) -> None:
+        self.packets: list[hep.HepPacket] = []
+        self.connections = 0
+
+
+@pytest.fixture
+def udp_collector():
+    collector = UdpCollector()
+    port = reactor.listenUDP(0, collector, interface="127.0.0.1", maxPacketSize=65535)
+    collector.port = port.getHost().port
+    yield collector
+    port.stopListening()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sip_options(call_id: str) -> bytes:
+    return (
+        "OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n"
+        "Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK-" + call_id + "\r\n"
+        "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\n"
+        "Call-ID: " + call_id + "\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def raw_request() -> bytes:
+    lines = ["GET / HTTP/1.1"] + [f"{k}: {v}" for k, v in good_headers().items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def ws_session(port: int, call_id: str) -> dict[str, Any]:
+    """Handshake, one SIP message, wait for the server's message, Close 1000."""
+    client = RawWs(port)
+    request = raw_request()
+    status, _, response = client.request(raw=request)
+    assert status == 101
+    client.send_text(sip_options(call_id))
+    return {"client": client, "request": request, "response": response,
+            "local_port": client.sock.getsockname()[1]}
+
+
+def finish(client: RawWs) -> tuple[int | None, str]:
+    client.close(1000, b"done")
+    result = client.expect_close()
+    client.shutdown()
+    return result
+
+
+def net_events(packets: list[hep.HepPacket]) -> list[dict[str, Any]]:
+    return [json.loads(p.payload) for p in packets if p.proto_type == hep.PROTO_NET]
+
+
+def sip_packets(packets: list[hep.HepPacket]) -> list[hep.HepPacket]:
+    return [p for p in packets if p.proto_type == hep.PROTO_SIP]
+
+
+@pytest_twisted.inlineCallbacks
+def _traced_session(root, packets: list[hep.HepPacket], call_id: str):
+    """One full client session while tracing; checks the handshake, messages, close."""
+    ws_port = port_of(root)
+    session = yield in_thread(ws_session, ws_port, call_id)
+    yield wait_for(lambda: len(sip_packets(packets)) >= 1 and root.connections)
+    [record] = list(root.connections)
+    outgoing = sip_options(call_id + "-back")
+    assert record.protocol.send_message(outgoing)
+    client: RawWs = session["client"]
+    opcode, data = yield in_thread(client.read_data)
+    assert data == outgoing
+    code, _ = yield in_thread(finish, client)
+    assert code == 1000
+    yield wait_for(lambda: any(e["event"] == "closed" for e in net_events(packets)))
+
+    accepted, closed = net_events(packets)
+    conn_id = accepted["id"]
+    assert conn_id == record.id
+    assert accepted["event"] == "accepted" and accepted["status"] == 101
+    assert accepted["request"].encode() == session["request"]
+    assert accepted["response"].encode() == session["response"]
+    assert accepted["remote"] == f"127.0.0.1:{session['local_port']}"
+    assert closed["event"] == "closed" and closed["id"] == conn_id
+    assert (closed["code"], closed["reason"], closed["side"]) == (1000, "done", "remote")
+    assert closed["counters"]["messages_in"] == 1 and closed["counters"]["messages_out"] == 1
+    for packet in packets:
+        if packet.proto_type == hep.PROTO_NET:
+            assert packet.correlation_id == str(conn_id).encode()
+            assert (packet.src_ipv4, packet.src_port) == ("127.0.0.1", session["local_port"])
+            assert (packet.dst_ipv4, packet.dst_port) == ("127.0.0.1", ws_port)
+            assert packet.ip_proto == hep.IPPROTO_TCP
+
+    received, sent = sip_packets(packets)
+    assert received.payload == sip_options(call_id)
+    assert received.correlation_id == call_id.encode()
+    assert (received.src_port, received.dst_port) == (session["local_port"], ws_port)
+    assert sent.payload == outgoing
+    assert sent.correlation_id == (call_id + "-back").encode()
+    assert (sent.src_port, sent.dst_port) == (ws_port, session["local_port"])
+    for packet in (received, sent):
+        assert packet.ip_proto == hep.IPPROTO_TCP
+        assert (packet.src_ipv4, packet.dst_ipv4) == ("127.0.0.1", "127.0.0.1")
+        assert abs(packet.timestamp - reactor.seconds()) < 60
+    for packet in packets:
+        assert (packet.capture_id, packet.auth_key, packet.node_name) == (2001, b"s3cret", b"edge-a")
+    return conn_id
+
+
+IDENTITY = {"capture_id": 2001, "auth_key": "s3cret", "node_name": "edge-a"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_collector_sees_handshake_messages_and_close(sipws_factory, udp_collector):
+    root = sipws_factory({"trace": {"destination": f"udp:127.0.0.1:{udp_collector.port}",
+                                    "on": True, **IDENTITY}})
+    yield _traced_session(root, udp_collector.packets, "udp-call-1")
+    assert len(udp_collector.packets) == 4
+    assert root.stats.get("trace.packets_sent") == 4
+    assert root.tracer.stats()["packets_dropped"] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_tcp_collector_started_late_gets_the_queued_packets(sipws_factory):
+    port = free_tcp_port()
+    root = sipws_factory({"trace": {"destination": f"tcp:127.0.0.1:{port}", "on": True, **IDENTITY}})
+    # The collector is not up: the handshake and message queue up.
+    session = yield in_thread(ws_session, port_of(root), "tcp-early")
+    yield wait_for(lambda: root.tracer.stats()["queue_length"] >= 2)
+    assert root.tracer.stats()["state"] in ("waiting", "connecting")
+    assert root.stats.get("trace.packets_sent") == 0
+    collector = TcpCollector()
+    listener = reactor.listenTCP(port, collector, interface="127.0.0.1")
+    try:
+        # Reconnect with back-off (0.5 s, 1 s, ...), then the queue drains in order.
+        yield wait_for(lambda: len(collector.packets) >= 2)
+        accepted = json.loads(collector.packets[0].payload)
+        assert accepted["event"] == "accepted"
+        assert collector.packets[1].payload == sip_options("tcp-early")
+        assert root.tracer.stats()["state"] == "connected"
+        assert root.tracer.stats()["queue_length"] == 0
+        code, _ = yield in_thread(finish, session["client"])
+        assert code == 1000
+        yield wait_for(lambda: len(collector.packets) >= 3)
+        assert json.loads(collector.packets[2].payload)["event"] == "closed"
+        # A second session over the live connection: the full set of checks.
+        del collector.packets[:]
+        yield _traced_session(root, collector.packets, "tcp-call-2")
+        assert collector.connections == 1
+    finally:
+        yield root.stopService()
+        yield listener.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tracing_off_sends_nothing_until_turned_on(sipws_factory, udp_collector):
+    root = sipws_factory({"trace": {"destination": f"udp:127.0.0.1:{udp_collector.port}",
+                                    "on": False, **IDENTITY}})
+    session = yield in_thread(ws_session, port_of(root), "while-off")
+    yield wait_for(lambda: root.stats.get("ws.messages_in") == 1)
+    yield in_thread(finish, session["client"])
+    yield wait_for(lambda: len(root.connections) == 0)
+    assert root.stats.get("trace.packets_sent") == 0
+    # Turned on (as the admin `trace on` does): later traffic shows up, and
+    # nothing from the earlier connection arrived before it.
+    root.tracer.set_enabled(True)
+    yield _traced_session(root, udp_collector.packets, "while-on")
+    assert all(b"while-off" not in (p.payload or b"") for p in udp_collector.packets)
+    root.tracer.set_enabled(False)
+    session = yield in_thread(ws_session, port_of(root), "off-again")
+    yield wait_for(lambda: root.stats.get("ws.messages_in") == 3)
+    yield in_thread(finish, session["client"])
+    yield sleep(0.2)
+    assert len(udp_collector.packets) == 4
+
+
+@pytest_twisted.inlineCallbacks
+def test_filter_excludes_a_connection(sipws_factory, udp_collector):
+    trace_filters.CALLS.clear()
+    root = sipws_factory({"trace": {"destination": f"udp:127.0.0.1:{udp_collector.port}",
+                                    "on": True, "filter": "tests.integration.trace_filters:odd_ids_only",
+                                    **IDENTITY}})
+    ports = []
+    for n in (1, 2, 3):  # connection ids 1, 2, 3: the filter keeps the odd ones
+        session = yield in_thread(ws_session, port_of(root), f"filtered-{n}")
+        ports.append(session["local_port"])
+        yield wait_for(lambda: root.stats.get("ws.messages_in") == n)
+        yield in_thread(finish, session["client"])
+        yield wait_for(lambda: len(root.connections) == 0)
+    yield wait_for(lambda: len(net_events(udp_collector.packets)) == 4)
+    yield sleep(0.1)
+    assert [c["id"] for c in trace_filters.CALLS] == [1, 2, 3]
+    assert trace_filters.CALLS[1]["remote"] == f"127.0.0.1:{ports[1]}"
+    assert trace_filters.CALLS[1]["local"] == f"127.0.0.1:{port_of(root)}"
+    assert {(c["transport"], c["role"]) for c in trace_filters.CALLS} == {("ws", "server")}
+    assert {e["id"] for e in net_events(udp_collector.packets)} == {1, 3}
+    assert [p.correlation_id for p in sip_packets(udp_collector.packets)] == [b"filtered-1", b"filtered-3"]
+    assert all(ports[1] not in (p.src_port, p.dst_port) for p in udp_collector.packets)
