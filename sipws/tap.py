@@ -16,6 +16,7 @@ exits with status 2; twistd never gets to print a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -161,9 +162,12 @@ class Options(usage.Options):
 
 
 def _fail(line: str) -> None:
-    """One line on stderr and a non-zero exit, never a traceback."""
-    sys.stderr.write(line.rstrip("\n") + "\n")
-    sys.stderr.flush()
+    """One line on stderr and a non-zero exit, never a traceback.
+
+    Written to file descriptor 2 directly: once twistd has started logging,
+    sys.stderr is redirected into the log.
+    """
+    os.write(2, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
     raise SystemExit(EXIT_CONFIG)
 
 
