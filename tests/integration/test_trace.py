@@ -237,3 +237,88 @@ def test_filter_excludes_a_connection(sipws_factory, udp_collector):
     assert {e["id"] for e in net_events(udp_collector.packets)} == {1, 3}
     assert [p.correlation_id for p in sip_packets(udp_collector.packets)] == [b"filtered-1", b"filtered-3"]
     assert all(ports[1] not in (p.src_port, p.dst_port) for p in udp_collector.packets)
+
+
+def refused_handshake(port: int) -> tuple[bytes, int, bytes]:
+    client = RawWs(port)
+    request = ("\r\n".join(["GET / HTTP/1.1"] + [f"{k}: {v}" for k, v in
+                            good_headers(protocol="msrp").items()]) + "\r\n\r\n").encode()
+    status, _, response = client.request(raw=request)
+    client.shutdown()
+    return request, status, response
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_handshake_is_traced_with_status_and_raw_http(sipws_factory, udp_collector):
+    root = sipws_factory({"trace": {"destination": f"udp:127.0.0.1:{udp_collector.port}", "on": True}})
+    request, status, response = yield in_thread(refused_handshake, port_of(root))
+    assert status >= 400
+    yield wait_for(lambda: len(net_events(udp_collector.packets)) >= 2)
+    refused, closed = net_events(udp_collector.packets)
+    assert refused["event"] == "refused"
+    assert refused["status"] == status and refused["reason"]
+    assert refused["request"].encode() == request
+    assert refused["response"].encode().startswith(response)
+    assert closed["event"] == "closed" and closed["id"] == refused["id"]
+    assert {p.correlation_id for p in udp_collector.packets} == {str(refused["id"]).encode()}
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A throw-away certificate for CN=sipws-test (cryptography ships with pyOpenSSL)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sipws-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def wss_session(port: int) -> int:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = RawWs(port, tls=context)
+    status, _, _ = client.request(raw=raw_request())
+    assert status == 101
+    client.send_text(sip_options("wss-call"))
+    code, _ = finish(client)
+    return code
+
+
+@pytest_twisted.inlineCallbacks
+def test_wss_accepted_event_carries_tls_details(sipws_factory, udp_collector, tmp_path):
+    cert, key = self_signed(tmp_path)
+    root = sipws_factory({
+        "ws": {"listen": []},
+        "wss": {"listen": ["127.0.0.1:0"], "certificate": cert, "private_key": key},
+        "trace": {"destination": f"udp:127.0.0.1:{udp_collector.port}", "on": True},
+    })
+    code = yield in_thread(wss_session, port_of(root, "wss"))
+    assert code == 1000
+    yield wait_for(lambda: len(net_events(udp_collector.packets)) >= 2)
+    accepted, closed = net_events(udp_collector.packets)
+    assert accepted["transport"] == "wss"
+    tls = accepted["tls"]
+    assert tls["protocol"].startswith("TLSv1.")
+    assert tls["cipher"]
+    assert "sipws-test" in json.dumps(tls["local_subject"])
+    assert closed["transport"] == "wss"
+    [sip] = sip_packets(udp_collector.packets)
+    assert sip.payload == sip_options("wss-call") and sip.ip_proto == hep.IPPROTO_TCP
