@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.ssl import TLSVersion
@@ -81,17 +82,16 @@ def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
 
 
 def _names(certificate: Any) -> tuple[str, ...]:
-    """DNS names of a certificate: subjectAltName entries, else the CN."""
-    names: list[str] = []
-    for index in range(certificate.get_extension_count()):
-        extension = certificate.get_extension(index)
-        if extension.get_short_name() == b"subjectAltName":
-            for part in str(extension).split(","):
-                kind, _, value = part.strip().partition(":")
-                if kind in ("DNS", "IP Address"):
-                    names.append(value.strip().lower())
-    if not names and certificate.get_subject().CN:
-        names.append(certificate.get_subject().CN.lower())
+    """DNS names and IP addresses of a certificate: subjectAltName, else the CN."""
+    cert = certificate.to_cryptography()
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [n.lower() for n in alt.get_values_for_type(x509.DNSName)]
+        names += [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [a.value.lower() for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
     return tuple(names)
 
 
@@ -207,10 +207,12 @@ def client_tls_options(
     )
 
 
-def _x509_name(name: Any) -> str | None:
-    if name is None:
-        return None
-    return ",".join(f"{k.decode()}={v.decode('utf-8', 'replace')}" for k, v in name.get_components())
+def _subject_issuer(certificate: Any) -> tuple[str | None, str | None]:
+    if certificate is None:
+        return None, None
+    if not isinstance(certificate, x509.Certificate):
+        certificate = certificate.to_cryptography()
+    return certificate.subject.rfc4514_string(), certificate.issuer.rfc4514_string()
 
 
 def tls_details(transport: Any) -> dict[str, Any] | None:
@@ -219,15 +221,15 @@ def tls_details(transport: Any) -> dict[str, Any] | None:
     if not isinstance(connection, SSL.Connection):
         return None
     try:
-        peer = connection.get_peer_certificate()
-        ours = connection.get_certificate()
+        peer_subject, peer_issuer = _subject_issuer(connection.get_peer_certificate(as_cryptography=True))
+        local_subject, local_issuer = _subject_issuer(connection.get_certificate(as_cryptography=True))
         return {
             "protocol": connection.get_protocol_version_name(),
             "cipher": connection.get_cipher_name(),
-            "peer_subject": _x509_name(peer.get_subject()) if peer else None,
-            "peer_issuer": _x509_name(peer.get_issuer()) if peer else None,
-            "local_subject": _x509_name(ours.get_subject()) if ours else None,
-            "local_issuer": _x509_name(ours.get_issuer()) if ours else None,
+            "peer_subject": peer_subject,
+            "peer_issuer": peer_issuer,
+            "local_subject": local_subject,
+            "local_issuer": local_issuer,
         }
     except SSL.Error:
         return None
