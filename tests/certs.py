@@ -31,7 +31,7 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
-class TestCA:
+class CertificateAuthority:
     """A CA that writes everything it issues into one directory."""
 
     def __init__(self, directory: Path, name: str = "sipws test CA") -> None:

@@ -21,7 +21,9 @@ from typing import Any
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import TLSVersion
+from zope.interface import implementer
 
 from sipws.config import ConfigError, WssConfig
 
@@ -60,8 +62,8 @@ def _load_pair(cert_key: str, cert_pem: bytes, key_key: str, key_pem: bytes) -> 
         raise ConfigError(key_key, "not a valid PEM private key") from None
     context = SSL.Context(SSL.TLS_METHOD)
     try:
-        context.use_certificate(chain[0])
-        context.use_privatekey(private_key)
+        context.use_certificate(chain[0].to_cryptography())
+        context.use_privatekey(private_key.to_cryptography_key())
         context.check_privatekey()
     except SSL.Error:
         raise ConfigError(key_key, "does not match [wss] certificate") from None
@@ -146,6 +148,7 @@ def _matches(server_name: str, names: tuple[str, ...]) -> bool:
     return bool(rest) and f"*.{rest}" in names
 
 
+@implementer(IOpenSSLContextFactory)
 class _SniOptions:
     """A context factory choosing the identity by the client's server_name."""
 

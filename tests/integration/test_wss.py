@@ -10,14 +10,14 @@ import pytest_twisted
 
 from sipws.config import ConfigError, config_from_dict
 from sipws.transport.tls import server_tls_options
-from tests.certs import TestCA
+from tests.certs import CertificateAuthority
 from tests.integration.conftest import in_thread, port_of, wait_for
 from tests.integration.wsclient import RawWs
 
 
 @pytest.fixture
 def pki(tmp_path):
-    ca = TestCA(tmp_path / "pki")
+    ca = CertificateAuthority(tmp_path / "pki")
     server = ca.issue("server", ["127.0.0.1", "localhost"])
     return ca, server
 
@@ -91,7 +91,7 @@ def test_policy_applies_over_wss(sipws_factory, pki):
 def test_require_client_cert(sipws_factory, pki):
     ca, server = pki
     good_client = ca.issue("alice", ["alice.example.com"], client=True)
-    stranger = TestCA(pki[0].directory / "other").issue("mallory", ["mallory.example.com"], client=True)
+    stranger = CertificateAuthority(pki[0].directory / "other").issue("mallory", ["mallory.example.com"], client=True)
     root = sipws_factory(wss_overrides(server, ca_list=ca.path, require_client_cert=True))
     port = port_of(root, "wss")
     status, _, _ = yield in_thread(tls_upgrade, port, client_context(ca, cert=good_client))
@@ -104,7 +104,7 @@ def test_require_client_cert(sipws_factory, pki):
 
 @pytest_twisted.inlineCallbacks
 def test_sni_directory_serves_each_name_its_certificate(sipws_factory, tmp_path):
-    ca = TestCA(tmp_path / "pki")
+    ca = CertificateAuthority(tmp_path / "pki")
     sni = tmp_path / "sni"
     ca.issue("a", ["a.example.com"], target=sni)
     ca.issue("b", ["b.example.com", "*.b.example.org"], target=sni)
@@ -119,7 +119,7 @@ def test_sni_directory_serves_each_name_its_certificate(sipws_factory, tmp_path)
 
 
 def test_key_not_matching_certificate_is_config_error(tmp_path):
-    ca = TestCA(tmp_path / "pki")
+    ca = CertificateAuthority(tmp_path / "pki")
     one, two = ca.issue("one", ["one.example"]), ca.issue("two", ["two.example"])
     config = config_from_dict({"wss": {"listen": ["127.0.0.1:0"], "certificate": one.cert, "private_key": two.key}})
     with pytest.raises(ConfigError) as info:
