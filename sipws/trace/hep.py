@@ -216,6 +216,60 @@ def build(**values: Any) -> bytes:
     return encode(HepPacket(**values))
 
 
+# -- fast path for the tracer ---------------------------------------------------
+
+# The fixed-size chunks every captured message carries, packed in one go:
+# family, IP protocol, source and destination address, ports, timestamp s/µs,
+# protocol type, capture id -- in wire (type) order.
+_FIXED_V4 = struct.Struct(">HHHB HHHB HHH4s HHH4s HHHH HHHH HHHI HHHI HHHB HHHI")
+_FIXED_V6 = struct.Struct(">HHHB HHHB HHH16s HHH16s HHHH HHHH HHHI HHHI HHHB HHHI")
+
+
+def encode_capture(ip_proto: int, src_addr: bytes, dst_addr: bytes, src_port: int,
+                   dst_port: int, ts_sec: int, ts_usec: int, proto_type: int,
+                   capture_id: int, payload: bytes, auth_key: bytes | None = None,
+                   correlation_id: bytes | None = None, node_name: bytes | None = None) -> bytes:
+    """Same bytes as ``encode(HepPacket(...))`` for a captured message, faster.
+
+    Addresses are packed (4 bytes: IPv4 chunks 0x03/0x04; 16 bytes: IPv6
+    chunks 0x05/0x06; both of one family).  HepError if a value does not fit.
+    """
+    try:
+        if len(src_addr) == 4 and len(dst_addr) == 4:
+            fixed, family, src_type, dst_type, addr_len = _FIXED_V4, FAMILY_IPV4, IPV4_SRC, IPV4_DST, 10
+        elif len(src_addr) == 16 and len(dst_addr) == 16:
+            fixed, family, src_type, dst_type, addr_len = _FIXED_V6, FAMILY_IPV6, IPV6_SRC, IPV6_DST, 22
+        else:
+            raise HepError("addresses must be both 4 or both 16 bytes")
+        head = fixed.pack(
+            0, IP_FAMILY, 7, family,
+            0, IP_PROTO, 7, ip_proto,
+            0, src_type, addr_len, src_addr,
+            0, dst_type, addr_len, dst_addr,
+            0, SRC_PORT, 8, src_port,
+            0, DST_PORT, 8, dst_port,
+            0, TS_SEC, 10, ts_sec,
+            0, TS_USEC, 10, ts_usec,
+            0, PROTO_TYPE, 7, proto_type,
+            0, CAPTURE_ID, 10, capture_id,
+        )
+    except struct.error as exc:
+        raise HepError(f"value out of range: {exc}") from None
+    parts = [b"", head]
+    if auth_key is not None:
+        parts.append(_chunk(GENERIC_VENDOR, AUTH_KEY, auth_key))
+    parts.append(_chunk(GENERIC_VENDOR, PAYLOAD, payload))
+    if correlation_id is not None:
+        parts.append(_chunk(GENERIC_VENDOR, CORRELATION_ID, correlation_id))
+    if node_name is not None:
+        parts.append(_chunk(GENERIC_VENDOR, NODE_NAME, node_name))
+    total = HEADER_SIZE + sum(len(part) for part in parts)
+    if total > MAX_PACKET_SIZE:
+        raise HepError(f"packet too long: {total} bytes > {MAX_PACKET_SIZE}")
+    parts[0] = _HEADER.pack(MAGIC, total)
+    return b"".join(parts)
+
+
 # -- decoding ----------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ or slows the relay.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -53,12 +54,14 @@ CONNECT_TIMEOUT = 10.0
 CALL_ID_SCAN_LIMIT = 8192
 #: Longest correlation id taken from a Call-ID.
 MAX_CORRELATION_ID = 256
+#: Distinct (source, destination) host pairs whose packed form is cached.
+ADDRESS_CACHE_SIZE = 4096
 #: At most one "dropping packets" warning per this many seconds.
 DROP_LOG_INTERVAL = 10.0
 
 IP_PROTO_BY_TRANSPORT = {"udp": hep.IPPROTO_UDP}  # everything else is TCP (6)
 
-_CALL_ID_RE = re.compile(rb"(?:^|\n)(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_COMPACT_CALL_ID_RE = re.compile(rb"\ni[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 def find_call_id(data: bytes) -> bytes | None:
@@ -72,7 +75,22 @@ def find_call_id(data: bytes) -> bytes | None:
     end = head.find(b"\r\n\r\n")
     if end >= 0:
         head = head[:end]
-    match = _CALL_ID_RE.search(head)
+    lower = head.lower()
+    start = lower.find(b"\ncall-id")
+    while start >= 0:
+        colon = start + 8
+        while lower[colon : colon + 1] in (b" ", b"\t"):
+            colon += 1
+        if lower[colon : colon + 1] == b":":
+            stop = len(head)
+            for terminator in (b"\r", b"\n"):
+                found = head.find(terminator, colon)
+                if 0 <= found < stop:
+                    stop = found
+            value = head[colon + 1 : stop].strip()
+            return value[:MAX_CORRELATION_ID] or None
+        start = lower.find(b"\ncall-id", start + 1)
+    match = _COMPACT_CALL_ID_RE.search(head)
     if match is None:
         return None
     value = match.group(1).strip()
@@ -82,6 +100,13 @@ def find_call_id(data: bytes) -> bytes | None:
 def _fmt(address: tuple[str, int]) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _safe_fmt(address: Any) -> str:
+    try:
+        return _fmt(address)
+    except Exception:  # noqa: BLE001 - only for log lines
+        return repr(address)
 
 
 # -- the bounded queue --------------------------------------------------------
@@ -435,11 +460,9 @@ class Tracer(Service):
             self._filter = resolve_callable("[trace] filter", config.filter)
         self._last_drop_log = float("-inf")
         # Identity chunks in every packet (None = chunk left out).
-        self._identity: dict[str, Any] = {"capture_id": config.capture_id}
-        if config.auth_key:
-            self._identity["auth_key"] = config.auth_key.encode("utf-8")
-        if config.node_name:
-            self._identity["node_name"] = config.node_name.encode("utf-8")
+        self._capture_id = config.capture_id
+        self._auth_key = config.auth_key.encode("utf-8") if config.auth_key else None
+        self._node_name = config.node_name.encode("utf-8") if config.node_name else None
         if destination is None:
             kind, host, port = parse_destination(config.destination)
             queue = PacketQueue(config.queue_size)
@@ -485,7 +508,8 @@ class Tracer(Service):
             log.warn("trace: dropping packets (queue full or collector unreachable); "
                      "{n} dropped so far", n=self.packets_dropped)
 
-    def stats_dict(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
+        """State for the admin ``trace`` and ``stats`` methods."""
         info = {
             "enabled": self._enabled,
             "packets_sent": self.packets_sent,
@@ -495,10 +519,6 @@ class Tracer(Service):
         info["destination"] = self.config.destination or info["destination"]
         return info
 
-    def stats(self) -> dict[str, Any]:
-        """State for the admin ``trace`` and ``stats`` methods."""
-        return self.stats_dict()
-
     # -- hooks called by the transports -------------------------------------------
 
     def connection_made(self, record: Any) -> None:
@@ -506,19 +526,20 @@ class Tracer(Service):
         if self._filter is None:
             record.traced = True
             return
-        info = {
-            "id": record.id,
-            "transport": record.transport,
-            "role": record.role,
-            "local": _fmt(record.local),
-            "remote": _fmt(record.remote),
-        }
+        record.traced = False
         try:
+            info = {
+                "id": record.id,
+                "transport": record.transport,
+                "role": record.role,
+                "local": _fmt(record.local),
+                "remote": _fmt(record.remote),
+            }
             record.traced = bool(self._filter(info))
         except Exception:  # noqa: BLE001 - a user's function must not break us
-            record.traced = False
             log.failure("trace: filter {ref} failed for #{id} {remote}; connection not traced",
-                        ref=self.config.filter, id=record.id, remote=info["remote"])
+                        ref=self.config.filter, id=getattr(record, "id", "?"),
+                        remote=_safe_fmt(getattr(record, "remote", None)))
 
     def ws_handshake(self, record: Any, request: bytes, response: bytes, status: int,
                      reason: str, tls: dict[str, Any] | None) -> None:
@@ -612,12 +633,11 @@ class Tracer(Service):
         seconds = int(timestamp)
         micros = min(max(int(round((timestamp - seconds) * 1_000_000)), 0), 999_999)
         try:
-            fields: dict[str, Any] = _address_fields(src, dst)
-            fields.update(self._identity)
-            packet = hep.encode(hep.HepPacket(
-                ip_proto=ip_proto, src_port=int(src[1]), dst_port=int(dst[1]),
-                ts_sec=seconds, ts_usec=micros, proto_type=proto_type,
-                payload=payload, correlation_id=correlation_id, **fields))
+            src_addr, dst_addr = packed_addresses(src[0], dst[0])
+            packet = hep.encode_capture(
+                ip_proto, src_addr, dst_addr, int(src[1]), int(dst[1]), seconds, micros,
+                proto_type, self._capture_id, payload, self._auth_key, correlation_id,
+                self._node_name)
         except (HepError, ValueError, TypeError, IndexError) as exc:
             self.dropped()
             log.warn("trace: packet not built ({err}); dropped", err=exc)
@@ -629,12 +649,17 @@ class Tracer(Service):
         log.failure("trace: {hook} failed; event dropped", hook=hook)
 
 
-def _address_fields(src: tuple[str, int], dst: tuple[str, int]) -> dict[str, Any]:
-    """IP family and address chunks; v4-mapped and mixed pairs fall back sensibly."""
-    s, d = _ip(src[0]), _ip(dst[0])
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def packed_addresses(src_host: str, dst_host: str) -> tuple[bytes, bytes]:
+    """Packed source and destination addresses of one family (cached: hosts repeat).
+
+    Both IPv4 (also v4-mapped IPv6) -> 4 bytes each; otherwise both IPv6,
+    an IPv4 one written v4-mapped.  ValueError for anything not an address.
+    """
+    s, d = _ip(src_host), _ip(dst_host)
     if s.version == 4 and d.version == 4:
-        return {"ip_family": hep.FAMILY_IPV4, "src_ipv4": str(s), "dst_ipv4": str(d)}
-    return {"ip_family": hep.FAMILY_IPV6, "src_ipv6": str(_as_v6(s)), "dst_ipv6": str(_as_v6(d))}
+        return s.packed, d.packed
+    return _as_v6(s).packed, _as_v6(d).packed
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -291,3 +291,46 @@ def test_random_streams_raise_only_hep_error(data: bytes) -> None:
     except HepError:
         return
     assert b"".join(packets_out) + rest == data
+
+
+# -- the tracer's fast encoder gives the same bytes as the general one -------------
+
+_capture_args = st.fixed_dictionaries({
+    "ip_proto": _u8, "src_port": _u16, "dst_port": _u16, "ts_sec": _u32,
+    "ts_usec": _u32, "proto_type": _u8, "capture_id": _u32,
+    "payload": st.binary(max_size=3000), "auth_key": _opt(_octets),
+    "correlation_id": _opt(_octets), "node_name": _opt(_octets),
+})
+
+
+@given(_capture_args, st.sampled_from([4, 6]), st.data())
+@settings(max_examples=300)
+def test_encode_capture_matches_encode(args, version, data) -> None:
+    import ipaddress
+
+    src = data.draw(st.ip_addresses(v=version))
+    dst = data.draw(st.ip_addresses(v=version))
+    family = {4: ("src_ipv4", "dst_ipv4", 2), 6: ("src_ipv6", "dst_ipv6", 10)}[version]
+    packet = HepPacket(ip_family=family[2], **{family[0]: str(src), family[1]: str(dst)}, **args)
+    fast = hep.encode_capture(src_addr=ipaddress.ip_address(src).packed,
+                              dst_addr=ipaddress.ip_address(dst).packed, **args)
+    assert fast == encode(packet)
+    assert decode(fast) == packet
+
+
+@pytest.mark.parametrize(
+    "changes, why",
+    [
+        ({"src_addr": b"\x00" * 16}, "both 4 or both 16"),
+        ({"src_port": 70000}, "out of range"),
+        ({"capture_id": -1}, "out of range"),
+        ({"payload": b"x" * 65500}, "too long"),
+    ],
+)
+def test_encode_capture_rejects(changes, why) -> None:
+    args = dict(ip_proto=17, src_addr=b"\x7f\x00\x00\x01", dst_addr=b"\x7f\x00\x00\x01",
+                src_port=1, dst_port=2, ts_sec=3, ts_usec=4, proto_type=1, capture_id=0,
+                payload=b"x")
+    args.update(changes)
+    with pytest.raises(HepError, match=why):
+        hep.encode_capture(**args)

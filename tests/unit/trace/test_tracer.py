@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, strategies as st
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -342,7 +343,6 @@ def test_queue_while_down_then_flush_in_order_and_drop_when_full() -> None:
     dest.flush()
     assert [p.src_port for p in dest.packets()] == [1000, 1001, 1002]
     assert stats.get("trace.packets_sent") == 3
-    assert tracer.stats() | {} == tracer.stats_dict()
     assert tracer.stats()["queue_length"] == 0
 
 
@@ -491,3 +491,34 @@ def test_install_with_destination_adds_a_child_service() -> None:
     assert isinstance(root.tracer.destination, TcpDestination)
     assert (root.tracer.destination.host, root.tracer.destination.port) == ("::1", 9061)
     assert root.tracer.enabled
+
+
+_header_names = st.sampled_from(["Call-ID", "call-id", "CALL-ID", "i", "I", "Via", "X-Call-ID",
+                                 "Call-Info", "In-Reply-To", "From"])
+
+
+@given(st.lists(st.tuples(_header_names, st.sampled_from(["", " ", "\t", "  "]),
+                          st.text(alphabet="abc@.- 12", max_size=20)), max_size=6))
+def test_find_call_id_agrees_with_a_plain_reading_of_the_headers(headers) -> None:
+    lines = [f"{name}{space}: {value}" for name, space, value in headers]
+    data = ("OPTIONS sip:x SIP/2.0\r\n" + "\r\n".join(lines) + "\r\n\r\nCall-ID: body").encode()
+    expected = None
+    full = [v for n, _, v in headers if n.lower() == "call-id"]
+    compact = [v for n, _, v in headers if n.lower() == "i"]
+    for value in (full[:1] or compact[:1]):
+        expected = value.strip().encode() or None
+    assert find_call_id(data) == expected
+
+
+def test_filter_with_a_malformed_record_does_not_raise() -> None:
+    tracer, _, _, _ = make_tracer(filter="tests.unit.trace.filters:only_odd_ids")
+
+    class Odd:
+        id = 1
+        transport = role = "ws"
+        local = remote = None
+        traced = True
+
+    record = Odd()
+    tracer.connection_made(record)
+    assert record.traced is False
