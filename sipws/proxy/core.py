@@ -1,0 +1,708 @@
+"""The edge proxy's decisions (issue 4): pure, in memory, clock-driven.
+
+``EdgeProxy`` sits between WebSocket flows (browser connections, each with a
+positive connection id) and the SIP core.  Its inputs are messages received
+from a flow or from a SIP-side socket, and flow closures; its outputs are
+calls on a ``ProxyOutput``: send these bytes on that WebSocket connection, or
+to that SIP Target (which the I/O layer resolves per RFC 3263).
+
+It is transaction-stateful for every request except ACK (RFC 3261 §16):
+a server transaction on the leg a request came from, a client transaction on
+the leg it goes to.  Retransmissions happen only on UDP legs; WebSocket,
+TCP and TLS legs are reliable.  See docs/relay.md for the behaviour in the
+RFCs' terms and what the SIP core must support.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Union
+
+from twisted.logger import Logger
+
+from sipws.proxy.errors import BadFlowToken, ProxyError
+from sipws.proxy.flows import FlowTokens
+from sipws.proxy.targets import (
+    WS_TRANSPORTS, LocalAddresses, NoRoute, Target, is_invalid_host, target_for_upstream,
+    target_for_uri,
+)
+from sipws.proxy.transaction import (
+    CALLING, MAGIC_COOKIE, PROCEEDING, TRYING, ClientTransaction, Clock, ServerTransaction,
+    Timers, TransactionTable, build_cancel,
+)
+from sipws.sip import (
+    Limits, Request, Response, SipError, SipParseError, SipUri, is_keepalive, make_response,
+    parse,
+)
+
+log = Logger(namespace="sipws.proxy.core")
+
+#: Marks branches we generate (after the magic cookie), for responses and loops.
+BRANCH_MARK = "sw"
+#: Hex digits of the transaction part and of the loop-detection part of a branch.
+BRANCH_TX_HEX = 20
+BRANCH_LOOP_HEX = 10
+#: Hex digits of the To-tags we put on responses we generate.
+TO_TAG_HEX = 12
+#: Via parameter carrying the flow token of the client a request came from, so
+#: that responses forwarded statelessly (2xx retransmissions) find the flow.
+FLOW_VIA_PARAM = "flow"
+#: Requests that may create a dialog and get our Record-Routes.
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+#: States of a context's CANCEL.
+CANCEL_NONE, CANCEL_PENDING, CANCEL_SENT = "none", "pending", "sent"
+#: Longest reason phrase we copy from a parse error into a 400.
+MAX_REASON = 100
+#: Header fields copied from a malformed request into our error response.
+_ERROR_COPY = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+               "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+
+
+class ProxyOutput(Protocol):
+    """What the I/O layer does for the core."""
+
+    def send_to_flow(self, conn_id: int, data: bytes) -> bool:
+        """Send one SIP message on WebSocket connection ``conn_id``; False if it is gone."""
+
+    def send_to_target(self, target: Target, data: bytes,
+                       on_error: Optional[Callable[[str], None]]) -> None:
+        """Resolve ``target`` (RFC 3263) and send; ``on_error(reason)`` on failure
+        (DNS, ICMP unreachable, connection refused, TLS), possibly later."""
+
+
+@dataclass
+class Flow:
+    """A WebSocket connection the proxy has heard from."""
+
+    conn_id: int
+    transport: str  # ws or wss
+    source: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """Where a request came from; responses go back the same way."""
+
+    conn_id: Optional[int]  # a flow, or None for the SIP side
+    transport: str  # ws, wss, udp, tcp, tls
+    source: tuple[str, int]
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    def describe(self) -> str:
+        host, port = self.source
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"conn {self.conn_id} ({where})" if self.conn_id else f"{self.transport}:{where}"
+
+
+class _Context:
+    """One proxied request: its server transaction and its client transaction."""
+
+    __slots__ = ("server", "client", "cancel", "out_flow", "send", "error_status")
+
+    def __init__(self, server: ServerTransaction) -> None:
+        self.server = server
+        self.client: Optional[ClientTransaction] = None
+        #: CANCEL toward the callee: none, pending (no provisional yet), sent.
+        self.cancel = CANCEL_NONE
+        self.out_flow: Optional[int] = None
+        self.send: Optional[Callable[[ClientTransaction], Callable[[bytes], None]]] = None
+        self.error_status = 503
+
+
+class _Reject(ProxyError):
+    """Answer the request with this status (internal control flow)."""
+
+    def __init__(self, status: int, reason: Optional[str] = None) -> None:
+        super().__init__(f"{status} {reason or ''}")
+        self.status = status
+        self.reason = reason
+
+
+class EdgeProxy:
+    """RFC 7118 / RFC 5626 edge proxy decisions; see the module docstring."""
+
+    def __init__(self, sip_config, clock: Clock, tokens: FlowTokens, output: ProxyOutput,
+                 local: Optional[LocalAddresses] = None,
+                 limits: Optional[Limits] = None) -> None:
+        self.config = sip_config
+        self.clock = clock
+        self.tokens = tokens
+        self.output = output
+        self.local = local if local is not None else LocalAddresses.from_config(sip_config)
+        self.limits = limits if limits is not None else Limits.from_config(sip_config)
+        self.upstream = target_for_upstream(sip_config.upstream)
+        self.table = TransactionTable(clock, Timers.from_config(sip_config))
+        self.flows: dict[int, Flow] = {}
+        #: Event counters (for stats and tests): "relayed_requests", "430" ...
+        self.counters: Counter[str] = Counter()
+        # Keyed hashes for branches and tags: not guessable from outside.
+        self._hash_key = hashlib.sha256(b"sipws-branch" + tokens.make(1).encode()).digest()
+
+    # ================================================================ inputs
+
+    def receive_from_flow(self, conn_id: int, data: bytes, source: tuple[str, int],
+                          transport: str = "ws") -> None:
+        """One WebSocket message from connection ``conn_id`` (a SIP client)."""
+        flow = self.flows.get(conn_id)
+        if flow is None:
+            self.flows[conn_id] = Flow(conn_id, transport, source)
+        inbound = Inbound(conn_id, transport, source)
+        self._receive(data, inbound)
+
+    def receive_from_sip(self, data: bytes, source: tuple[str, int], transport: str) -> None:
+        """One SIP message from the core side (a UDP datagram, a framed TCP/TLS
+        message, or a message on a WebSocket connection sipws dialled to a
+        ws:// upstream, with transport ws/wss)."""
+        self._receive(data, Inbound(None, transport.lower(), source))
+
+    def flow_closed(self, conn_id: int) -> None:
+        """Connection ``conn_id`` is gone: forget it, fail what waits on it (430)."""
+        self.flows.pop(conn_id, None)
+        for txn in list(self.table.clients.values()):
+            ctx = txn.context
+            if isinstance(ctx, _Context) and ctx.out_flow == conn_id:
+                ctx.error_status = 430
+                txn.transport_error("connection closed")
+
+    # ============================================================ dispatching
+
+    def _receive(self, data: bytes, inbound: Inbound) -> None:
+        if is_keepalive(data):
+            return
+        try:
+            msg = parse(data, self.limits)
+        except SipParseError as exc:
+            self._malformed(data, exc, inbound)
+            return
+        try:
+            if isinstance(msg, Request):
+                self._on_request(msg, inbound)
+            else:
+                self._on_response(msg, inbound)
+        except (SipError, ProxyError, ValueError) as exc:
+            # A value the parser let through that a later step refused.
+            self.counters["bad_input"] += 1
+            log.warn("bad SIP message from {src}: {err}", src=inbound.describe(), err=exc)
+            if isinstance(msg, Request) and msg.method != "ACK":
+                status = getattr(exc, "status", 400) or 400
+                self._respond_stateless(msg, inbound, status, _reason_of(exc))
+
+    def _malformed(self, data: bytes, exc: SipParseError, inbound: Inbound) -> None:
+        """400 (or the parser's status) to a malformed request; drop the rest."""
+        self.counters["malformed"] += 1
+        log.warn("malformed SIP message from {src}: {reason}", src=inbound.describe(),
+                 reason=exc.reason)
+        response = _error_response_from_raw(data, exc.status, _reason_of(exc))
+        if response is not None:
+            self._send_back_raw(response, inbound)
+
+    # ============================================================== requests
+
+    def _on_request(self, req: Request, inbound: Inbound) -> None:
+        server = self.table.find_server(req)
+        if server is not None:
+            server.receive_request(req)  # retransmission, or ACK of a non-2xx
+            self.counters["absorbed"] += 1
+            return
+        if req.method == "ACK":
+            self._forward_ack(req, inbound)
+            return
+        server = self.table.server(req, self._response_sender(req, inbound), inbound.reliable)
+        self.counters["requests"] += 1
+        if req.method == "CANCEL":
+            self._on_cancel(req, server, inbound)
+            return
+        try:
+            self._check_hops_and_loops(req)
+            if req.method == "INVITE":
+                server.respond(make_response(req, 100))
+            if inbound.conn_id is not None:
+                self._forward_from_flow(req, server, inbound)
+            else:
+                self._forward_from_core(req, server, inbound)
+        except _Reject as reject:
+            self._reject(server, reject.status, reject.reason, inbound)
+        except NoRoute as exc:
+            self._reject(server, exc.status, exc.reason, inbound)
+
+    def _check_hops_and_loops(self, req: Request) -> None:
+        """Max-Forwards (RFC 3261 §16.3 step 3) and loop detection (step 4)."""
+        if req.max_forwards == 0:
+            if req.method == "OPTIONS" and self._is_for_me(req):
+                raise _Reject(200)
+            raise _Reject(483)
+        loop = self._loop_part(req)
+        for via in req.vias:
+            branch = via.branch or ""
+            if (branch.startswith(MAGIC_COOKIE + BRANCH_MARK) and branch.endswith("." + loop)
+                    and self.local.is_my_sent_by(via.host, via.port, via.transport)):
+                raise _Reject(482)
+
+    def _is_for_me(self, req: Request) -> bool:
+        try:
+            uri = req.request_uri
+        except SipParseError:
+            return False
+        return uri.user is None and self.local.is_mine(uri) and not req.has("route")
+
+    def _reject(self, server: ServerTransaction, status: int, reason: Optional[str],
+                inbound: Inbound) -> None:
+        self.counters[str(status)] += 1
+        if status >= 300:
+            log.warn("{method} from {src} answered {status} {reason}", method=server.request.method,
+                     src=inbound.describe(), status=status, reason=reason or "")
+        server.respond(make_response(server.request, status, reason,
+                                     to_tag=self._to_tag(server.request)))
+
+    # -- from a WebSocket client toward the core
+
+    def _forward_from_flow(self, req: Request, server: ServerTransaction,
+                           inbound: Inbound) -> None:
+        out = req.copy()
+        self._pop_my_routes(out)
+        target = self._next_hop_from_flow(out)
+        token = self.tokens.make(inbound.conn_id)
+        addr = self.local.address_for(target.transport)
+        host, port = inbound.source
+        out.set_top_via_received(host, port)
+        out.decrement_max_forwards()
+        out.push_via(self._via(req, addr.transport, addr.host_port, inbound, token))
+        core_transport = "ws" if target.is_ws else target.transport
+        if req.method in DIALOG_METHODS:
+            # RFC 7118 §8.2: the ws-side entry below, the core-facing one on top.
+            out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
+            out.push_record_route(f"<sip:{addr.host_port};transport={core_transport};lr>")
+        elif req.method == "REGISTER":
+            ob = ";ob" if _uses_outbound(req) else ""
+            out.push_path(f"<sip:{token}@{addr.host_port};transport={core_transport};lr{ob}>")
+            if "path" not in [s.lower() for s in req.supported]:
+                out.add_header("Supported", "path")
+        self._start_client(server, out, target, inbound, out_flow=None)
+
+    def _next_hop_from_flow(self, out: Request) -> Target:
+        routes = out.routes
+        if routes:
+            uri = routes[0].uri
+            if uri is None:
+                raise NoRoute("Route is not a SIP URI", 416)
+            target = target_for_uri(uri)
+        else:
+            target = self.upstream
+        if not target.dialable:
+            raise NoRoute("next hop is a WebSocket client's .invalid address", 404)
+        return target
+
+    # -- from the core toward a WebSocket client
+
+    def _forward_from_core(self, req: Request, server: ServerTransaction,
+                           inbound: Inbound) -> None:
+        out = req.copy()
+        token = self._pop_my_routes(out)
+        if token is None:
+            uri = out.request_uri
+            mine = self.local.is_mine(uri)
+            if mine and uri.user:
+                token = uri.user
+            elif mine and req.method == "OPTIONS" and not out.has("route"):
+                raise _Reject(200)  # a keep-alive probe addressed to us
+            else:
+                raise _Reject(404, "No Flow Token")
+        try:
+            conn_id = self.tokens.check(token)
+        except BadFlowToken as exc:
+            log.warn("bad flow token from {src}: {err}", src=inbound.describe(), err=exc)
+            raise _Reject(403, "Bad Flow Token") from None
+        flow = self.flows.get(conn_id)
+        if flow is None:
+            raise _Reject(430)
+        self._set_received(out, inbound)
+        out.decrement_max_forwards()
+        addr = self.local.address_for(inbound.transport if inbound.transport not in
+                                      WS_TRANSPORTS else "ws")
+        out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
+        if req.method in DIALOG_METHODS:
+            out.push_record_route(f"<sip:{addr.host_port};transport={inbound.transport};lr>")
+            out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
+        self._start_client(server, out, None, inbound, out_flow=conn_id)
+
+    # -- shared
+
+    def _pop_my_routes(self, out: Request) -> Optional[str]:
+        """Remove the leading Route entries that are ours; the first flow token in them."""
+        token = None
+        while True:
+            routes = out.routes
+            if not routes or routes[0].uri is None or not self.local.is_mine(routes[0].uri):
+                return token
+            uri = routes[0].uri
+            if token is None and uri.user:
+                token = uri.user
+            out.pop_route()
+
+    def _set_received(self, out: Request, inbound: Inbound) -> None:
+        """received / rport on the sender's Via (RFC 3261 §18.2.1, RFC 3581)."""
+        via = out.top_via
+        host, port = inbound.source
+        received = host if via.host != host.lower() else None
+        rport = port if via.rport is not None else None
+        if received is not None or rport is not None:
+            out.set_top_via_received(received, rport)
+
+    def _via(self, req: Request, transport: str, host_port: str, inbound: Inbound,
+             token: Optional[str]) -> str:
+        flow = f";{FLOW_VIA_PARAM}={token}" if token else ""
+        return f"SIP/2.0/{transport.upper()} {host_port};branch={self._branch(req, inbound)}{flow}"
+
+    def _start_client(self, server: ServerTransaction, out: Request, target: Optional[Target],
+                      inbound: Inbound, out_flow: Optional[int]) -> None:
+        ctx = _Context(server)
+        server.context = ctx
+        ctx.out_flow = out_flow
+        if out_flow is not None:
+            ctx.error_status = 430
+            ctx.send = lambda txn: self._flow_sender(out_flow, txn)
+            reliable = True
+        else:
+            assert target is not None
+            ctx.send = lambda txn: self._target_sender(target, txn)
+            reliable = target.reliable
+        self.counters["relayed_requests"] += 1
+        ctx.client = self._new_client(ctx, out, reliable)
+
+    def _new_client(self, ctx: _Context, out: Request, reliable: bool) -> ClientTransaction:
+        return _make_client(self.table, out, _LateSend(), reliable, _ContextUser(self, ctx), ctx)
+
+    def _flow_sender(self, conn_id: int, txn: ClientTransaction) -> Callable[[bytes], None]:
+        def send(data: bytes) -> None:
+            if conn_id not in self.flows or not self.output.send_to_flow(conn_id, data):
+                self.flows.pop(conn_id, None)
+                txn.transport_error("connection gone")
+        return send
+
+    def _target_sender(self, target: Target, txn: ClientTransaction) -> Callable[[bytes], None]:
+        def send(data: bytes) -> None:
+            self.output.send_to_target(target, data, txn.transport_error)
+        return send
+
+    def _response_sender(self, req: Request, inbound: Inbound) -> Callable[[bytes], None]:
+        """Where the server transaction's responses go (RFC 3261 §18.2.2)."""
+        if inbound.conn_id is not None:
+            conn_id = inbound.conn_id
+
+            def to_flow(data: bytes) -> None:
+                if not self.output.send_to_flow(conn_id, data):
+                    self.counters["response_to_gone_flow"] += 1
+            return to_flow
+        target = self._response_target(req, inbound)
+
+        def to_target(data: bytes) -> None:
+            self.output.send_to_target(target, data, None)
+        return to_target
+
+    def _response_target(self, req: Request, inbound: Inbound) -> Target:
+        via = req.top_via
+        host, port = inbound.source
+        if inbound.reliable or via.rport is not None:
+            return Target("sip", host, port, inbound.transport)
+        return Target("sip", host, via.port, inbound.transport)
+
+    def _respond_stateless(self, req: Request, inbound: Inbound, status: int,
+                           reason: Optional[str]) -> None:
+        try:
+            response = make_response(req, status, reason, to_tag=self._to_tag(req))
+        except (SipError, ValueError):
+            return
+        self._response_sender(req, inbound)(bytes(response))
+
+    def _send_back_raw(self, data: bytes, inbound: Inbound) -> None:
+        if inbound.conn_id is not None:
+            self.output.send_to_flow(inbound.conn_id, data)
+        else:
+            host, port = inbound.source
+            self.output.send_to_target(Target("sip", host, port, inbound.transport), data, None)
+
+    # ---------------------------------------------------------------- CANCEL
+
+    def _on_cancel(self, req: Request, server: ServerTransaction, inbound: Inbound) -> None:
+        """RFC 3261 §16.10: answer 200, cancel the matching client transaction."""
+        invite = self.table.find_invite_server(req)
+        if invite is None or not isinstance(invite.context, _Context):
+            self._reject(server, 481, None, inbound)
+            return
+        server.respond(make_response(req, 200, to_tag=self._to_tag(req)))
+        ctx: _Context = invite.context
+        client = ctx.client
+        if client is None or client.terminated or client.final_status is not None:
+            return
+        if client.state == CALLING:
+            ctx.cancel = CANCEL_PENDING  # RFC 3261 §9.1: wait for a provisional
+        else:
+            self._send_cancel(ctx)
+
+    def _send_cancel(self, ctx: _Context) -> None:
+        client = ctx.client
+        assert client is not None
+        if ctx.cancel == CANCEL_SENT:
+            return
+        ctx.cancel = CANCEL_SENT
+        cancel = build_cancel(client.request)
+        cancel_ctx = _Context(ctx.server)
+        cancel_ctx.send = ctx.send
+        cancel_ctx.out_flow = None  # a failing CANCEL reports nothing
+        _make_client(self.table, cancel, _LateSend(), client.reliable,
+                     _CancelUser(), cancel_ctx)
+        self.counters["cancels_sent"] += 1
+
+    # ------------------------------------------------------------------ ACK
+
+    def _forward_ack(self, req: Request, inbound: Inbound) -> None:
+        """ACK for a 2xx: stateless, along the route set (RFC 3261 §16.11)."""
+        if req.max_forwards == 0:
+            return
+        out = req.copy()
+        try:
+            if inbound.conn_id is not None:
+                self._pop_my_routes(out)
+                target = self._next_hop_from_flow(out)
+                token = self.tokens.make(inbound.conn_id)
+                addr = self.local.address_for(target.transport)
+                host, port = inbound.source
+                out.set_top_via_received(host, port)
+                out.decrement_max_forwards()
+                out.push_via(self._via(req, addr.transport, addr.host_port, inbound, token))
+                self.output.send_to_target(target, bytes(out), None)
+            else:
+                token = self._pop_my_routes(out)
+                if token is None:
+                    uri = out.request_uri
+                    token = uri.user if self.local.is_mine(uri) else None
+                if token is None:
+                    raise _Reject(404)
+                conn_id = self.tokens.check(token)
+                flow = self.flows.get(conn_id)
+                if flow is None:
+                    raise _Reject(430)
+                self._set_received(out, inbound)
+                out.decrement_max_forwards()
+                addr = self.local.address_for("ws")
+                out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
+                self.output.send_to_flow(conn_id, bytes(out))
+            self.counters["acks_relayed"] += 1
+        except (_Reject, NoRoute, BadFlowToken) as exc:
+            self.counters["acks_dropped"] += 1
+            log.warn("ACK from {src} dropped: {err}", src=inbound.describe(), err=exc)
+
+    # ============================================================ responses
+
+    def _on_response(self, resp: Response, inbound: Inbound) -> None:
+        via = resp.top_via
+        branch = via.branch or ""
+        if not (branch.startswith(MAGIC_COOKIE + BRANCH_MARK)
+                and self.local.is_my_sent_by(via.host, via.port, via.transport)):
+            self.counters["responses_dropped"] += 1
+            log.warn("response {status} from {src} dropped: top Via is not ours",
+                     status=resp.status, src=inbound.describe())
+            return
+        txn = self.table.find_client(resp)
+        if txn is not None:
+            txn.receive_response(resp)
+            return
+        self._forward_response_stateless(resp, inbound)
+
+    def _forward_response_stateless(self, resp: Response, inbound: Inbound) -> None:
+        """A 2xx to INVITE with no transaction (a retransmission after ours ended,
+        RFC 3261 §17.1.1.2): along the Via path (§16.7, §18.2.2)."""
+        if not (200 <= resp.status < 300 and resp.method == "INVITE"):
+            # Its transaction is over (a late or duplicate answer): nobody waits for it.
+            self.counters["late_responses"] += 1
+            return
+        ours = resp.top_via
+        resp.pop_via()
+        rest = resp.vias
+        if not rest:
+            self.counters["responses_dropped"] += 1
+            return
+        token = ours.params.get(FLOW_VIA_PARAM)
+        if token:
+            try:
+                conn_id = self.tokens.check(token)
+            except BadFlowToken:
+                self.counters["responses_dropped"] += 1
+                log.warn("response from {src} dropped: bad flow in Via", src=inbound.describe())
+                return
+            if conn_id not in self.flows or not self.output.send_to_flow(conn_id, bytes(resp)):
+                self.counters["responses_dropped"] += 1
+            else:
+                self.counters["responses_stateless"] += 1
+            return
+        via = rest[0]
+        host = via.received or via.host
+        if is_invalid_host(host) or via.transport.lower() in WS_TRANSPORTS:
+            self.counters["responses_dropped"] += 1
+            return
+        rport = via.rport
+        port = rport if isinstance(rport, int) and rport is not True else via.port
+        target = Target("sip", host, port, via.transport.lower())
+        self.output.send_to_target(target, bytes(resp), None)
+        self.counters["responses_stateless"] += 1
+
+    # -------------------------------------------- client transaction results
+
+    def _relay_response(self, ctx: _Context, resp: Response) -> None:
+        if resp.status == 100:
+            return  # hop by hop (RFC 3261 §16.7 step 3); we sent our own
+        if resp.status < 200 and ctx.cancel == CANCEL_PENDING:
+            self._send_cancel(ctx)
+        resp.pop_via()
+        ctx.server.respond(resp)
+        self.counters["responses_relayed"] += 1
+
+    def _client_failed(self, ctx: _Context, status: int, why: str) -> None:
+        server = ctx.server
+        client = ctx.client
+        if client is not None and client.is_invite and client.provisional_seen \
+                and why == "timeout" and client.final_status is None:
+            self._send_cancel(ctx)  # timer C: give up on the callee
+        if server.final_status is None and not server.terminated:
+            self.counters[str(status)] += 1
+            log.info("{method} {why}: answering {status}", method=server.request.method,
+                     why=why, status=status)
+            server.respond(make_response(server.request, status,
+                                         to_tag=self._to_tag(server.request)))
+
+    # ================================================================ hashes
+
+    def _digest(self, *parts: object) -> str:
+        text = "\x00".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+        return hmac.new(self._hash_key, text, hashlib.sha256).hexdigest()
+
+    def _loop_part(self, req: Request) -> str:
+        return self._digest("loop", req.uri, req.call_id, req.from_.tag, req.to.tag,
+                            req.cseq[0])[:BRANCH_LOOP_HEX]
+
+    def _branch(self, req: Request, inbound: Inbound) -> str:
+        """Deterministic: a retransmission or a CANCEL maps to the same branch."""
+        via = req.top_via
+        leg = inbound.conn_id if inbound.conn_id is not None else (
+            inbound.transport, *inbound.source)
+        tx = self._digest("tx", via.branch, via.sent_by.lower(), leg,
+                          "" if (via.branch or "").startswith(MAGIC_COOKIE) else
+                          (req.call_id, req.from_.tag, req.cseq[0]),
+                          "ACK" if req.method == "ACK" else "")[:BRANCH_TX_HEX]
+        return f"{MAGIC_COOKIE}{BRANCH_MARK}{tx}.{self._loop_part(req)}"
+
+    def _to_tag(self, req: Request) -> str:
+        return self._digest("tag", req.top_via.branch, req.call_id)[:TO_TAG_HEX]
+
+
+# ------------------------------------------------------------- helpers
+
+
+class _LateSend:
+    """A send callable bound once the transaction exists (it needs the txn)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self) -> None:
+        self.target: Optional[Callable[[bytes], None]] = None
+
+    def __call__(self, data: bytes) -> None:
+        assert self.target is not None
+        self.target(data)
+
+
+def _make_client(table: TransactionTable, out: Request, late: _LateSend, reliable: bool,
+                 user, ctx: _Context) -> ClientTransaction:
+    txn = ClientTransaction(table, out, late, reliable, user)
+    txn.context = ctx
+    assert ctx.send is not None
+    late.target = ctx.send(txn)
+    if txn.key in table.clients:
+        raise NoRoute("duplicate branch", 500)
+    table.clients[txn.key] = txn
+    txn._start()
+    return txn
+
+
+class _ContextUser:
+    """Client transaction results → the server transaction of the same context."""
+
+    __slots__ = ("proxy", "ctx")
+
+    def __init__(self, proxy: EdgeProxy, ctx: _Context) -> None:
+        self.proxy = proxy
+        self.ctx = ctx
+
+    def on_response(self, txn: ClientTransaction, response: Response) -> None:
+        self.proxy._relay_response(self.ctx, response)
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        self.proxy._client_failed(self.ctx, 408, "timeout")
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
+        self.proxy._client_failed(self.ctx, self.ctx.error_status, f"transport error: {reason}")
+
+
+class _CancelUser:
+    """Our own CANCEL's outcome matters to nobody: the INVITE's response does."""
+
+    def on_response(self, txn: ClientTransaction, response: Response) -> None:
+        pass
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        log.info("CANCEL timed out")
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
+        log.info("CANCEL not sent: {reason}", reason=reason)
+
+
+def _uses_outbound(req: Request) -> bool:
+    """RFC 5626: a Contact with reg-id and +sip.instance."""
+    try:
+        return any("reg-id" in c.params and "+sip.instance" in c.params for c in req.contacts)
+    except SipParseError:
+        return False
+
+
+def _reason_of(exc: Exception) -> str:
+    text = getattr(exc, "reason", None) or str(exc) or "Bad Request"
+    text = "".join(ch for ch in str(text) if ch.isprintable())[:MAX_REASON]
+    return text[:1].upper() + text[1:] if text else "Bad Request"
+
+
+def _error_response_from_raw(data: bytes, status: int, reason: str) -> Optional[bytes]:
+    """An error response to a request the parser refused, when it can be built.
+
+    Copies Via, From, To, Call-ID and CSeq as written (they identify the
+    transaction to the client).  Nothing for responses, ACKs, or input too
+    broken to find those fields.
+    """
+    text = bytes(data).lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    lines = text.split("\r\n")
+    start = lines[0]
+    if not start or start[:4].upper() == "SIP/" or start.split(" ", 1)[0] == "ACK":
+        return None
+    copied: list[str] = []
+    seen: set[str] = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        canonical = _ERROR_COPY.get(name.strip().lower())
+        if not colon or canonical is None or "\n" in line or "\r" in line or "\x00" in line:
+            continue
+        if canonical != "Via" and canonical in seen:
+            continue
+        seen.add(canonical)
+        copied.append(f"{canonical}: {value.strip()}")
+    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= seen:
+        return None
+    head = [f"SIP/2.0 {status} {reason}", *copied, "Content-Length: 0"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8")
+
+
+__all__ = ["EdgeProxy", "Flow", "Inbound", "ProxyOutput", "DIALOG_METHODS", "FLOW_VIA_PARAM"]

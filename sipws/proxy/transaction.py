@@ -1,0 +1,418 @@
+"""SIP transactions (RFC 3261 §17), pure and driven by an injected clock.
+
+The clock is the ``IReactorTime`` subset ``seconds()`` / ``callLater()``
+(``twisted.internet.task.Clock`` in tests, the reactor in production).  A
+transaction never does I/O: it is given a ``send(data)`` callable bound to
+its destination, and (client side) a user whose ``on_response``,
+``on_timeout`` and ``on_transport_error`` it calls.  Every transaction is in
+a ``TransactionTable`` from its creation until the end of its lifetime and
+is removed exactly then (``terminated`` callbacks tell the owner).
+
+Reliable transports (WebSocket, TCP, TLS) get no retransmissions and zero
+waiting times for timers D, I, J, K, as §17 says; timers B, F, H and the
+proxy's timer C apply to every transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.logger import Logger
+
+from sipws.sip import Request, Response, SipError, parse
+
+log = Logger(namespace="sipws.proxy.transaction")
+
+#: RFC 3261 magic cookie starting every RFC 3261 branch.
+MAGIC_COOKIE = "z9hG4bK"
+#: Proxy INVITE timer C (RFC 3261 §16.6 step 11: more than 3 minutes).
+TIMER_C = 181.0
+#: Timer D on unreliable transports (RFC 3261 §17.1.1.2: at least 32 s).
+TIMER_D = 32.0
+#: Max-Forwards written into requests we generate (ACK, CANCEL).
+GENERATED_MAX_FORWARDS = 70
+
+# States (RFC 3261 §17).
+CALLING = "calling"
+TRYING = "trying"
+PROCEEDING = "proceeding"
+COMPLETED = "completed"
+CONFIRMED = "confirmed"
+TERMINATED = "terminated"
+
+Send = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class Timers:
+    """T1, T2, T4 (RFC 3261 §17.1.1.1, Table 4)."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+    @classmethod
+    def from_config(cls, sip_config: Any) -> "Timers":
+        return cls(sip_config.t1, sip_config.t2, sip_config.t4)
+
+    @property
+    def b(self) -> float:
+        return 64 * self.t1
+
+    f = h = j = b
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable[..., Any], *a: Any) -> Any: ...
+
+
+class ClientUser(Protocol):
+    """What a client transaction reports to (the proxy core)."""
+
+    def on_response(self, txn: "ClientTransaction", response: Response) -> None: ...
+
+    def on_timeout(self, txn: "ClientTransaction") -> None: ...
+
+    def on_transport_error(self, txn: "ClientTransaction", reason: str) -> None: ...
+
+
+# ------------------------------------------------------------------ keys
+
+
+def _rfc2543_key(msg, method: str) -> tuple:
+    """Matching for requests without a magic-cookie branch (RFC 3261 §17.2.3 end)."""
+    via = msg.top_via
+    return ("2543", msg.call_id, msg.from_.tag, msg.cseq[0], via.sent_by.lower(),
+            via.branch or "", method)
+
+
+def server_key(request: Request, method: Optional[str] = None) -> tuple:
+    """§17.2.3: branch + sent-by + method (ACK counts as INVITE)."""
+    via = request.top_via
+    if method is None:
+        method = "INVITE" if request.method == "ACK" else request.method
+    branch = via.branch or ""
+    if not branch.startswith(MAGIC_COOKIE):
+        return _rfc2543_key(request, method)
+    return (branch, via.sent_by.lower(), method)
+
+
+def client_key(branch: str, method: str) -> tuple:
+    """§17.1.3: our branch + the CSeq method."""
+    return (branch, method)
+
+
+# ------------------------------------------------------------ generated
+
+
+def build_ack(request: Request, response: Response) -> Request:
+    """The hop-by-hop ACK for a non-2xx final response (RFC 3261 §17.1.1.3)."""
+    return _build_like(request, "ACK", to=response.get("to"))
+
+
+def build_cancel(request: Request) -> Request:
+    """A CANCEL for a request we sent (RFC 3261 §9.1): same branch and route."""
+    return _build_like(request, "CANCEL", to=request.get("to"))
+
+
+def _build_like(request: Request, method: str, to: Optional[str]) -> Request:
+    lines = [f"{method} {request.uri} SIP/2.0", f"Via: {request.get('via')}"]
+    lines += [f"Route: {value}" for value in request.get_all("route")]
+    lines += [
+        f"Max-Forwards: {GENERATED_MAX_FORWARDS}",
+        f"From: {request.get('from')}",
+        f"To: {to}",
+        f"Call-ID: {request.call_id}",
+        f"CSeq: {request.cseq[0]} {method}",
+        "Content-Length: 0",
+    ]
+    msg = parse(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    assert isinstance(msg, Request)
+    return msg
+
+
+# --------------------------------------------------------------- table
+
+
+class TransactionTable:
+    """Every live transaction, client and server, by its matching key."""
+
+    def __init__(self, clock: Clock, timers: Timers = Timers()) -> None:
+        self.clock = clock
+        self.timers = timers
+        self.clients: dict[tuple, ClientTransaction] = {}
+        self.servers: dict[tuple, ServerTransaction] = {}
+
+    def __len__(self) -> int:
+        return len(self.clients) + len(self.servers)
+
+    def find_server(self, request: Request) -> Optional["ServerTransaction"]:
+        """The server transaction a request belongs to (retransmission, ACK)."""
+        return self.servers.get(server_key(request))
+
+    def find_invite_server(self, request: Request) -> Optional["ServerTransaction"]:
+        """The INVITE server transaction a CANCEL (or ACK) refers to."""
+        return self.servers.get(server_key(request, "INVITE"))
+
+    def find_client(self, response: Response) -> Optional["ClientTransaction"]:
+        via = response.top_via
+        if via is None or not via.branch:
+            return None
+        return self.clients.get(client_key(via.branch, response.cseq[1]))
+
+    def client(self, request: Request, send: Send, reliable: bool,
+               user: ClientUser) -> "ClientTransaction":
+        """Create and start a client transaction for ``request`` (ours on top)."""
+        txn = ClientTransaction(self, request, send, reliable, user)
+        if txn.key in self.clients:
+            raise SipError("a client transaction with this branch exists")
+        self.clients[txn.key] = txn
+        txn._start()
+        return txn
+
+    def server(self, request: Request, send: Send, reliable: bool,
+               terminated: Optional[Callable[["ServerTransaction"], None]] = None
+               ) -> "ServerTransaction":
+        """Create a server transaction for a request that matched none."""
+        txn = ServerTransaction(self, request, send, reliable, terminated)
+        self.servers[txn.key] = txn
+        return txn
+
+
+# --------------------------------------------------------- transactions
+
+
+class _Transaction:
+    __slots__ = ("table", "request", "key", "send", "reliable", "state", "_timers", "is_invite")
+
+    def __init__(self, table: TransactionTable, request: Request, send: Send,
+                 reliable: bool) -> None:
+        self.table = table
+        self.request = request
+        self.send = send
+        self.reliable = reliable
+        self.is_invite = request.method == "INVITE"
+        self._timers: dict[str, Any] = {}
+
+    def _set(self, name: str, delay: float, f: Callable[..., Any], *a: Any) -> None:
+        self._cancel(name)
+        self._timers[name] = self.table.clock.callLater(delay, self._fire, name, f, *a)
+
+    def _fire(self, name: str, f: Callable[..., Any], *a: Any) -> None:
+        self._timers.pop(name, None)
+        if self.state != TERMINATED:
+            f(*a)
+
+    def _cancel(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None and handle.active():
+            handle.cancel()
+
+    def _cancel_all(self) -> None:
+        for name in list(self._timers):
+            self._cancel(name)
+
+    def _send(self, data: bytes) -> None:
+        self.send(data)
+
+    @property
+    def terminated(self) -> bool:
+        return self.state == TERMINATED
+
+
+class ClientTransaction(_Transaction):
+    """Client INVITE (timers A, B, C, D) and non-INVITE (E, F, K) transactions."""
+
+    __slots__ = ("user", "data", "provisional_seen", "final_status", "_interval", "context")
+
+    def __init__(self, table: TransactionTable, request: Request, send: Send,
+                 reliable: bool, user: ClientUser) -> None:
+        super().__init__(table, request, send, reliable)
+        via = request.top_via
+        if via is None or not via.branch:
+            raise SipError("client request without a branch")
+        self.key = client_key(via.branch, request.method)
+        self.user = user
+        self.data = bytes(request)
+        self.provisional_seen = False
+        self.final_status: Optional[int] = None
+        self.state = CALLING if self.is_invite else TRYING
+        self._interval = table.timers.t1
+        #: Free slot for the owner (the proxy core keeps its context here).
+        self.context: Any = None
+
+    def _start(self) -> None:
+        t = self.table.timers
+        if not self.reliable:
+            self._set("retransmit", self._interval, self._retransmit)
+        self._set("timeout", t.b, self._timeout)
+        self._send(self.data)
+
+    def _retransmit(self) -> None:
+        """Timer A (doubling) or E (doubling up to T2; T2 once proceeding)."""
+        if self.state not in (CALLING, TRYING, PROCEEDING):
+            return
+        self._send(self.data)
+        t = self.table.timers
+        if self.is_invite:
+            self._interval *= 2
+        elif self.state == PROCEEDING:
+            self._interval = t.t2
+        else:
+            self._interval = min(self._interval * 2, t.t2)
+        self._set("retransmit", self._interval, self._retransmit)
+
+    def _timeout(self) -> None:
+        """Timer B / F, or timer C with no final response."""
+        self._terminate()
+        self.user.on_timeout(self)
+
+    def transport_error(self, reason: str) -> None:
+        """The I/O layer could not send (ICMP error, refused, TLS, DNS)."""
+        if self.state in (CALLING, TRYING, PROCEEDING):
+            self._terminate()
+            self.user.on_transport_error(self, reason)
+        elif self.state != TERMINATED:
+            self._terminate()  # e.g. the ACK could not be sent; nothing to report
+
+    def receive_response(self, response: Response) -> None:
+        status = response.status
+        state = self.state
+        if state == TERMINATED:
+            return
+        if status < 200:
+            if state in (CALLING, TRYING):
+                self.state = PROCEEDING
+            if state in (CALLING, TRYING, PROCEEDING):
+                if self.is_invite:
+                    self._cancel("retransmit")
+                    # Timer C replaces B once the INVITE is proceeding.
+                    self._set("timeout", TIMER_C, self._timeout)
+                self.provisional_seen = True
+                self.user.on_response(self, response)
+            return
+        if state == COMPLETED:
+            if self.is_invite and status >= 300:
+                self._send_ack(response)  # retransmitted final: ACK again
+            return
+        self.final_status = status
+        self._cancel("retransmit")
+        self._cancel("timeout")
+        if self.is_invite and status < 300:
+            self._terminate()  # RFC 3261 §17.1.1.2: 2xx ACK is the UAC's business
+            self.user.on_response(self, response)
+            return
+        self.state = COMPLETED
+        if self.is_invite:
+            self._send_ack(response)
+            wait = 0.0 if self.reliable else TIMER_D
+        else:
+            wait = 0.0 if self.reliable else self.table.timers.t4
+        self.user.on_response(self, response)
+        if wait:
+            self._set("linger", wait, self._terminate)
+        elif self.state != TERMINATED:
+            self._terminate()
+
+    def _send_ack(self, response: Response) -> None:
+        self._send(bytes(build_ack(self.request, response)))
+
+    def _terminate(self) -> None:
+        if self.state == TERMINATED:
+            return
+        self.state = TERMINATED
+        self._cancel_all()
+        if self.table.clients.get(self.key) is self:
+            del self.table.clients[self.key]
+
+
+class ServerTransaction(_Transaction):
+    """Server INVITE (timers G, H, I) and non-INVITE (J) transactions."""
+
+    __slots__ = ("last_response", "final_status", "_interval", "_on_terminated", "context")
+
+    def __init__(self, table: TransactionTable, request: Request, send: Send,
+                 reliable: bool,
+                 terminated: Optional[Callable[["ServerTransaction"], None]]) -> None:
+        super().__init__(table, request, send, reliable)
+        self.key = server_key(request)
+        self.state = PROCEEDING if self.is_invite else TRYING
+        self.last_response: Optional[bytes] = None
+        self.final_status: Optional[int] = None
+        self._interval = table.timers.t1
+        self._on_terminated = terminated
+        #: Free slot for the owner (the proxy core keeps its context here).
+        self.context: Any = None
+
+    def respond(self, response: Response) -> None:
+        """Send a response from the TU; the state machine follows it."""
+        if self.state not in (TRYING, PROCEEDING):
+            log.debug("response {status} after final ignored", status=response.status)
+            return
+        data = bytes(response)
+        status = response.status
+        self.last_response = data
+        if status < 200:
+            self.state = PROCEEDING
+            self._send(data)
+            return
+        self.final_status = status
+        self._send(data)
+        t = self.table.timers
+        if self.is_invite:
+            if status < 300:
+                self._terminate()
+                return
+            self.state = COMPLETED
+            if not self.reliable:
+                self._set("retransmit", self._interval, self._retransmit)
+            self._set("timeout", t.h, self._terminate)  # timer H: no ACK came
+        else:
+            self.state = COMPLETED
+            if self.reliable:
+                self._terminate()
+            else:
+                self._set("linger", t.j, self._terminate)
+
+    def _retransmit(self) -> None:
+        """Timer G: the final non-2xx response again until the ACK comes."""
+        if self.state != COMPLETED or self.last_response is None:
+            return
+        self._send(self.last_response)
+        self._interval = min(self._interval * 2, self.table.timers.t2)
+        self._set("retransmit", self._interval, self._retransmit)
+
+    def receive_request(self, request: Request) -> None:
+        """A retransmission of our request, or the ACK of a non-2xx final."""
+        if request.method == "ACK":
+            if self.is_invite and self.state == COMPLETED:
+                self.state = CONFIRMED
+                self._cancel("retransmit")
+                self._cancel("timeout")
+                if self.reliable:
+                    self._terminate()
+                else:
+                    self._set("linger", self.table.timers.t4, self._terminate)  # timer I
+            return
+        if self.state in (PROCEEDING, COMPLETED) and self.last_response is not None:
+            self._send(self.last_response)
+
+    def transport_error(self, reason: str) -> None:
+        """A response could not be sent: nothing more can be done (§17.2.4)."""
+        self._terminate()
+
+    def _send(self, data: bytes) -> None:
+        self.send(data)
+
+    def _terminate(self) -> None:
+        if self.state == TERMINATED:
+            return
+        self.state = TERMINATED
+        self._cancel_all()
+        if self.table.servers.get(self.key) is self:
+            del self.table.servers[self.key]
+        if self._on_terminated is not None:
+            self._on_terminated(self)
