@@ -109,3 +109,13 @@ def assert_clean(proxy: EdgeProxy, clock: Clock) -> None:
     run_out(clock)
     assert len(proxy.table) == 0, (proxy.table.clients, proxy.table.servers)
     assert not clock.getDelayedCalls()
+
+
+def step(clock: Clock, seconds: float, tick: float = 1 / 16) -> None:
+    """Advance in small ticks (exact binary fractions), so that timers set by
+    timers fire within the same span."""
+    target = clock.seconds() + seconds
+    while clock.seconds() + tick <= target + 1e-9:
+        clock.advance(tick)
+    if target - clock.seconds() > 1e-9:
+        clock.advance(target - clock.seconds())
