@@ -214,6 +214,9 @@ class _UdpSender(DatagramProtocol):
         # ICMP port unreachable for an earlier datagram: counted, never raised.
         self.owner.refused += 1
 
+    def stopProtocol(self) -> None:
+        self.owner._port_closed(self)
+
 
 class UdpDestination(Destination):
     """One datagram per packet on a connected UDP socket."""
@@ -228,6 +231,9 @@ class UdpDestination(Destination):
         self.port = port
         self.refused = 0
         self._port: Any = None
+        self._proto: _UdpSender | None = None
+        self._address = host
+        self._reopen: Any = None
         self._stopped = False
 
     def start(self) -> None:
@@ -252,9 +258,11 @@ class UdpDestination(Destination):
     def _bind(self, address: str) -> None:
         if self._stopped:
             return
+        self._reopen = None
+        self._address = address
         try:
             family_v6 = ipaddress.ip_address(address).version == 6
-            proto = _UdpSender(self)
+            proto = self._proto = _UdpSender(self)
             self._port = self.reactor.listenUDP(0, proto, interface="::" if family_v6 else "0.0.0.0")
             self._port.connect(address, self.port)
         except Exception as exc:  # noqa: BLE001 - reported, tracing stays harmless
@@ -264,6 +272,21 @@ class UdpDestination(Destination):
             return
         self.state = "connected"
         self.flush()
+
+    def _port_closed(self, proto: _UdpSender) -> None:
+        """The reactor closed the socket under us: re-open it.
+
+        Twisted's epoll reactor treats the error an ICMP port-unreachable
+        leaves on a connected UDP socket as the end of the socket; that is the
+        collector being down, counted like a refusal, and the socket comes
+        back at once (packets queue meanwhile).
+        """
+        if self._stopped or proto is not self._proto:
+            return
+        self.refused += 1
+        self._port = self._proto = None
+        self.state = "reopening"
+        self._reopen = self.reactor.callLater(0, self._bind, self._address)
 
     def _ready(self) -> bool:
         return self.state == "connected"
@@ -278,7 +301,11 @@ class UdpDestination(Destination):
     def stop(self) -> defer.Deferred[None] | None:
         self._stopped = True
         self.state = "stopped"
+        if self._reopen is not None and self._reopen.active():
+            self._reopen.cancel()
+        self._reopen = None
         port, self._port = self._port, None
+        self._proto = None
         if port is not None:
             return defer.maybeDeferred(port.stopListening)
         return None

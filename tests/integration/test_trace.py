@@ -322,3 +322,62 @@ def test_wss_accepted_event_carries_tls_details(sipws_factory, udp_collector, tm
     assert closed["transport"] == "wss"
     [sip] = sip_packets(udp_collector.packets)
     assert sip.payload == sip_options("wss-call") and sip.ip_proto == hep.IPPROTO_TCP
+
+
+SIP_SIDE = sip_options("sip-side-1")
+
+
+@pytest_twisted.inlineCallbacks
+def test_ipv6_udp_and_tcp_destinations(sipws_factory):
+    udp = UdpCollector()
+    udp_port = reactor.listenUDP(0, udp, interface="::1", maxPacketSize=65535)
+    tcp = TcpCollector()
+    tcp_port = reactor.listenTCP(0, tcp, interface="::1")
+    try:
+        roots = [
+            sipws_factory({"trace": {"destination": f"udp:[::1]:{udp_port.getHost().port}", "on": True}}),
+            sipws_factory({"trace": {"destination": f"tcp:[::1]:{tcp_port.getHost().port}", "on": True}}),
+        ]
+        for root in roots:
+            # As the SIP-side UDP transport reports a datagram from the core.
+            root.tracer.sip_message(None, "in", "udp", ("2001:db8::7", 5060), ("::1", 5062), SIP_SIDE, None)
+        yield wait_for(lambda: len(udp.packets) == 1 and len(tcp.packets) == 1)
+        for packet in (udp.packets[0], tcp.packets[0]):
+            assert packet.payload == SIP_SIDE
+            assert packet.ip_family == hep.FAMILY_IPV6 and packet.ip_proto == hep.IPPROTO_UDP
+            assert (packet.src_ipv6, packet.src_port) == ("2001:db8::7", 5060)
+            assert (packet.dst_ipv6, packet.dst_port) == ("::1", 5062)
+            assert packet.correlation_id == b"sip-side-1"
+        for root in roots:
+            yield root.stopService()
+    finally:
+        yield udp_port.stopListening()
+        yield tcp_port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_collector_down_is_counted_never_raised(sipws_factory):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]  # closed again: nobody listens there
+    root = sipws_factory({"trace": {"destination": f"udp:127.0.0.1:{dead}", "on": True}})
+    for _ in range(20):
+        root.tracer.sip_message(None, "out", "udp", ("127.0.0.1", 5062), ("127.0.0.1", 5060), SIP_SIDE, None)
+        yield sleep(0.01)
+    yield wait_for(lambda: root.tracer.stats()["icmp_errors"] > 0)
+    yield wait_for(lambda: root.tracer.stats()["state"] == "connected")
+    stats = root.tracer.stats()
+    assert stats["packets_sent"] + stats["packets_dropped"] + stats["queue_length"] == 20
+    # The collector comes up on that port: tracing resumes by itself.
+    collector = UdpCollector()
+    port = reactor.listenUDP(dead, collector, interface="127.0.0.1", maxPacketSize=65535)
+    try:
+        for _ in range(100):
+            root.tracer.sip_message(None, "out", "udp", ("127.0.0.1", 5062), ("127.0.0.1", 5060),
+                                    SIP_SIDE, None)
+            if collector.packets:
+                break
+            yield sleep(0.05)
+        assert collector.packets and collector.packets[0].payload == SIP_SIDE
+    finally:
+        yield port.stopListening()

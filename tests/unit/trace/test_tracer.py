@@ -294,7 +294,7 @@ def test_filter_is_called_once_with_the_connection_info() -> None:
     assert len(dest.written) == 4
 
 
-def test_filter_exception_means_not_traced_and_is_logged(caplog: Any) -> None:
+def test_filter_exception_means_not_traced_and_is_logged() -> None:
     from twisted.logger import globalLogPublisher
 
     seen: list[dict[str, Any]] = []
