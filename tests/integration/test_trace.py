@@ -381,3 +381,51 @@ def test_udp_collector_down_is_counted_never_raised(sipws_factory):
         assert collector.packets and collector.packets[0].payload == SIP_SIDE
     finally:
         yield port.stopListening()
+
+
+class StalledCollector(TcpCollector):
+    """Accepts one connection and does not read from it until ``resume``."""
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        proto = super().buildProtocol(addr)
+        self.proto = proto
+        return proto
+
+    def stall(self) -> None:
+        self.proto.transport.pauseProducing()
+
+    def resume(self) -> None:
+        self.proto.transport.resumeProducing()
+
+
+@pytest_twisted.inlineCallbacks
+def test_backed_up_tcp_collector_queues_then_drops_and_counts(sipws_factory):
+    collector = StalledCollector()
+    listener = reactor.listenTCP(0, collector, interface="127.0.0.1")
+    big = sip_options("big") + b"x" * 60_000
+    try:
+        root = sipws_factory({"trace": {"destination": f"tcp:127.0.0.1:{listener.getHost().port}",
+                                        "on": True, "queue_size": 5}})
+        yield wait_for(lambda: root.tracer.stats()["state"] == "connected")
+        collector.stall()
+        calls = 0
+        # Kernel buffers fill, then the transport's buffer, then our queue.
+        while root.tracer.stats()["packets_dropped"] == 0 and calls < 2000:
+            root.tracer.sip_message(None, "in", "udp", ("127.0.0.1", 5060), ("127.0.0.1", 5062), big, None)
+            calls += 1
+            if calls % 20 == 0:
+                yield sleep(0.01)
+        stats = root.tracer.stats()
+        assert stats["packets_dropped"] > 0
+        assert stats["queue_length"] == 5
+        assert root.stats.get("trace.packets_dropped") == stats["packets_dropped"]
+        # The collector reads again: the queue drains, everything written arrives.
+        collector.resume()
+        yield wait_for(lambda: root.tracer.stats()["queue_length"] == 0)
+        sent = root.tracer.stats()["packets_sent"]
+        yield wait_for(lambda: len(collector.packets) == sent, timeout=20)
+        assert sent + root.tracer.stats()["packets_dropped"] == calls
+        assert all(p.payload == big for p in collector.packets)
+        yield root.stopService()
+    finally:
+        yield listener.stopListening()
