@@ -48,6 +48,8 @@ MAX_QUEUE_BYTES = 16 * 1024 * 1024
 RECONNECT_INITIAL = 0.5
 RECONNECT_FACTOR = 2.0
 RECONNECT_MAX = 30.0
+#: Seconds a stopping TCP destination waits for its buffer to drain before aborting.
+STOP_GRACE = 2.0
 #: Seconds allowed for one TCP connection attempt.
 CONNECT_TIMEOUT = 10.0
 #: Where the Call-ID is looked for: the header block, at most this many bytes.
@@ -447,7 +449,12 @@ class TcpDestination(Destination):
         if self._proto is not None:
             waiter: defer.Deferred[None] = defer.Deferred()
             self._lost_waiters.append(waiter)
-            self._proto.transport.loseConnection()
+            transport = self._proto.transport
+            transport.loseConnection()
+            # A stalled collector would hold a graceful close (and shutdown)
+            # forever: abort after a grace period.
+            abort = self.reactor.callLater(STOP_GRACE, transport.abortConnection)
+            waiter.addBoth(_cancel_call, abort)
             return waiter
         return None
 
@@ -455,6 +462,12 @@ class TcpDestination(Destination):
         info = super().describe()
         info["reconnect_delay"] = self.delay
         return info
+
+
+def _cancel_call(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
 
 
 def parse_destination(text: str) -> tuple[str, str, int]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 
 from sipws.trace import hep
 from tests.integration import trace_filters
@@ -427,5 +427,29 @@ def test_backed_up_tcp_collector_queues_then_drops_and_counts(sipws_factory):
         assert sent + root.tracer.stats()["packets_dropped"] == calls
         assert all(p.payload == big for p in collector.packets)
         yield root.stopService()
+    finally:
+        yield listener.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_does_not_hang_on_a_stalled_collector(sipws_factory):
+    collector = StalledCollector()
+    listener = reactor.listenTCP(0, collector, interface="127.0.0.1")
+    big = sip_options("stall") + b"x" * 60_000
+    try:
+        root = sipws_factory({"trace": {"destination": f"tcp:127.0.0.1:{listener.getHost().port}",
+                                        "on": True, "queue_size": 5}})
+        yield wait_for(lambda: root.tracer.stats()["state"] == "connected")
+        collector.stall()
+        for n in range(400):
+            root.tracer.sip_message(None, "in", "udp", ("127.0.0.1", 5060), ("127.0.0.1", 5062), big, None)
+            if root.tracer.stats()["packets_dropped"]:
+                break
+            if n % 20 == 0:
+                yield sleep(0.01)
+        assert root.tracer.stats()["packets_dropped"] > 0
+        # The graceful close cannot finish; the tracer aborts after its grace period.
+        yield defer.maybeDeferred(root.stopService).addTimeout(10, reactor)
+        assert root.tracer.stats()["state"] == "stopped"
     finally:
         yield listener.stopListening()

@@ -444,6 +444,22 @@ def test_tcp_backoff_queue_flush_pause_and_reconnect() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_tcp_stop_aborts_a_stalled_connection_after_a_grace_period() -> None:
+    clock = Clock()
+    endpoint = FakeEndpoint()
+    endpoint.accept = True
+    dest = TcpDestination(clock, "127.0.0.1", 9060, PacketQueue(10), Count(), endpoint=endpoint)
+    dest.start()
+    [proto] = endpoint.protocols
+    d = dest.stop()
+    assert proto.transport.disconnecting and not proto.transport.disconnected
+    clock.advance(tracer_mod.STOP_GRACE)
+    assert proto.transport.disconnected  # aborted
+    proto.connectionLost(None)
+    assert d is not None and d.called
+    assert clock.getDelayedCalls() == []
+
+
 def test_tcp_stop_while_waiting_cancels_the_retry() -> None:
     clock = Clock()
     dest = TcpDestination(clock, "::1", 9060, PacketQueue(10), Count(), endpoint=FakeEndpoint())
