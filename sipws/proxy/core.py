@@ -265,7 +265,10 @@ class EdgeProxy:
     def _forward_from_flow(self, req: Request, server: ServerTransaction,
                            inbound: Inbound) -> None:
         out = req.copy()
-        self._pop_my_routes(out)
+        other = self._hairpin_token(self._pop_my_routes(out), inbound.conn_id)
+        if other is not None:
+            self._forward_to_flow(req, out, other, server, inbound)
+            return
         target = self._next_hop_from_flow(out)
         token = self.tokens.make(inbound.conn_id)
         addr = self.local.address_for(target.transport)
@@ -303,7 +306,8 @@ class EdgeProxy:
     def _forward_from_core(self, req: Request, server: ServerTransaction,
                            inbound: Inbound) -> None:
         out = req.copy()
-        token = self._pop_my_routes(out)
+        users = self._pop_my_routes(out)
+        token = users[0] if users else None
         if token is None:
             uri = out.request_uri
             mine = self.local.is_mine(uri)
@@ -313,6 +317,10 @@ class EdgeProxy:
                 raise _Reject(200)  # a keep-alive probe addressed to us
             else:
                 raise _Reject(404, "No Flow Token")
+        self._forward_to_flow(req, out, token, server, inbound)
+
+    def _flow_for_token(self, token: str, inbound: Inbound) -> Flow:
+        """The open flow a token names; 403 for a bad token, 430 for a gone flow."""
         try:
             conn_id = self.tokens.check(token)
         except BadFlowToken as exc:
@@ -321,29 +329,52 @@ class EdgeProxy:
         flow = self.flows.get(conn_id)
         if flow is None:
             raise _Reject(430)
-        self._set_received(out, inbound)
+        return flow
+
+    def _forward_to_flow(self, req: Request, out: Request, token: str,
+                         server: ServerTransaction, inbound: Inbound) -> None:
+        """Toward the WebSocket client of ``token`` (from the core, or hairpinned
+        from another client); ``out`` has our routes removed already."""
+        flow = self._flow_for_token(token, inbound)
+        if inbound.conn_id is not None:
+            host, port = inbound.source
+            out.set_top_via_received(host, port)
+            leg_transport = "ws"
+        else:
+            self._set_received(out, inbound)
+            leg_transport = inbound.transport
         out.decrement_max_forwards()
-        addr = self.local.address_for(inbound.transport if inbound.transport not in
-                                      WS_TRANSPORTS else "ws")
+        addr = self.local.address_for(leg_transport if leg_transport not in WS_TRANSPORTS
+                                      else "ws")
         out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
         if req.method in DIALOG_METHODS:
-            out.push_record_route(f"<sip:{addr.host_port};transport={inbound.transport};lr>")
+            out.push_record_route(f"<sip:{addr.host_port};transport={leg_transport};lr>")
             out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
-        self._start_client(server, out, None, inbound, out_flow=conn_id)
+        self._start_client(server, out, None, inbound, out_flow=flow.conn_id)
 
     # -- shared
 
-    def _pop_my_routes(self, out: Request) -> Optional[str]:
-        """Remove the leading Route entries that are ours; the first flow token in them."""
-        token = None
+    def _pop_my_routes(self, out: Request) -> list[str]:
+        """Remove the leading Route entries that are ours (RFC 3261 §16.4);
+        the user parts (flow tokens) found in them, in order."""
+        users: list[str] = []
         while True:
             routes = out.routes
             if not routes or routes[0].uri is None or not self.local.is_mine(routes[0].uri):
-                return token
+                return users
             uri = routes[0].uri
-            if token is None and uri.user:
-                token = uri.user
+            if uri.user:
+                users.append(uri.user)
             out.pop_route()
+
+    def _hairpin_token(self, users: list[str], conn_id: int) -> Optional[str]:
+        """A flow token of *another* flow among our popped routes: the route set
+        leads from one of our clients to another without leaving us."""
+        own = self.tokens.make(conn_id)
+        for user in users:
+            if user.lower() != own:
+                return user
+        return None
 
     def _set_received(self, out: Request, inbound: Inbound) -> None:
         """received / rport on the sender's Via (RFC 3261 §18.2.1, RFC 3581)."""
@@ -467,34 +498,38 @@ class EdgeProxy:
             return
         out = req.copy()
         try:
+            users = self._pop_my_routes(out)
+            token = None
             if inbound.conn_id is not None:
-                self._pop_my_routes(out)
-                target = self._next_hop_from_flow(out)
-                token = self.tokens.make(inbound.conn_id)
-                addr = self.local.address_for(target.transport)
-                host, port = inbound.source
-                out.set_top_via_received(host, port)
-                out.decrement_max_forwards()
-                out.push_via(self._via(req, addr.transport, addr.host_port, inbound, token))
-                self.output.send_to_target(target, bytes(out), None)
+                token = self._hairpin_token(users, inbound.conn_id)
+                if token is None:
+                    target = self._next_hop_from_flow(out)
+                    own = self.tokens.make(inbound.conn_id)
+                    addr = self.local.address_for(target.transport)
+                    host, port = inbound.source
+                    out.set_top_via_received(host, port)
+                    out.decrement_max_forwards()
+                    out.push_via(self._via(req, addr.transport, addr.host_port, inbound, own))
+                    self.output.send_to_target(target, bytes(out), None)
             else:
-                token = self._pop_my_routes(out)
+                token = users[0] if users else None
                 if token is None:
                     uri = out.request_uri
                     token = uri.user if self.local.is_mine(uri) else None
                 if token is None:
                     raise _Reject(404)
-                conn_id = self.tokens.check(token)
-                flow = self.flows.get(conn_id)
-                if flow is None:
-                    raise _Reject(430)
-                self._set_received(out, inbound)
+            if token is not None:
+                flow = self._flow_for_token(token, inbound)
+                if inbound.conn_id is not None:
+                    out.set_top_via_received(*inbound.source)
+                else:
+                    self._set_received(out, inbound)
                 out.decrement_max_forwards()
                 addr = self.local.address_for("ws")
                 out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
-                self.output.send_to_flow(conn_id, bytes(out))
+                self.output.send_to_flow(flow.conn_id, bytes(out))
             self.counters["acks_relayed"] += 1
-        except (_Reject, NoRoute, BadFlowToken) as exc:
+        except (_Reject, NoRoute) as exc:
             self.counters["acks_dropped"] += 1
             log.warn("ACK from {src} dropped: {err}", src=inbound.describe(), err=exc)
 
@@ -583,8 +618,9 @@ class EdgeProxy:
         return hmac.new(self._hash_key, text, hashlib.sha256).hexdigest()
 
     def _loop_part(self, req: Request) -> str:
-        return self._digest("loop", req.uri, req.call_id, req.from_.tag, req.to.tag,
-                            req.cseq[0])[:BRANCH_LOOP_HEX]
+        # RFC 3261 §16.6 step 8: what a spiral changes (Request-URI, Route) is in.
+        return self._digest("loop", req.uri, req.get_all("route"), req.call_id,
+                            req.from_.tag, req.to.tag, req.cseq[0])[:BRANCH_LOOP_HEX]
 
     def _branch(self, req: Request, inbound: Inbound) -> str:
         """Deterministic: a retransmission or a CANCEL maps to the same branch."""

@@ -297,3 +297,73 @@ def test_message_between_two_flows_through_the_core():
     conn_id, data = out.to_flows[-1]
     assert conn_id == 1 and parse(data).status == 200 and len(parse(data).vias) == 1
     assert_clean(proxy, clock)
+
+
+def two_flow_bye(proxy, route_set: str) -> bytes:
+    return message(f"""
+BYE sip:7l5foh4m@9t7ivgcfqmuh.invalid;transport=ws SIP/2.0
+Via: SIP/2.0/WS bob.invalid;branch=z9hG4bKbye1
+Route: {route_set}
+Max-Forwards: 70
+From: <sip:bob@example.com>;tag=b1
+To: <sip:alice@example.com>;tag=a1
+Call-ID: dialog1
+CSeq: 2 BYE
+Content-Length: 0
+
+""")
+
+
+def test_in_dialog_request_through_the_core_is_not_a_loop():
+    """Bob (flow 2) to Alice (flow 1), the core record-routed: the request passes
+    us twice with the same Request-URI; that is a spiral, not a loop."""
+    proxy, clock, out = make_proxy()
+    registered(proxy, out, conn_id=1)
+    registered(proxy, out, conn_id=2)
+    t1, t2 = proxy.tokens.make(1), proxy.tokens.make(2)
+    me = "127.0.0.1:5062"
+    routes = (f"<sip:{t2}@{me};transport=ws;lr>, <sip:{me};transport=udp;lr>, "
+              f"<sip:127.0.0.1:5060;lr>, <sip:{me};transport=udp;lr>, "
+              f"<sip:{t1}@{me};transport=ws;lr>")
+    proxy.receive_from_flow(2, two_flow_bye(proxy, routes), ("192.0.2.12", 4002), "ws")
+    target, bye = out.last_sip()
+    assert target.port == 5060 and bye.method == "BYE"
+    bye.push_via("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKkam2")
+    bye.pop_route()  # the core removes its own entry
+    proxy.receive_from_sip(bytes(bye), CORE, "udp")
+    conn_id, data = out.to_flows[-1]
+    assert conn_id == 1 and parse(data).method == "BYE"
+    at_alice = parse(data)
+    proxy.receive_from_flow(1, response_to(at_alice, 200, "OK"), CLIENT, "ws")
+    _, ok = out.last_sip()
+    ok.pop_via()
+    proxy.receive_from_sip(bytes(ok), CORE, "udp")
+    conn_id, data = out.to_flows[-1]
+    assert conn_id == 2 and parse(data).status == 200
+    assert_clean(proxy, clock)
+
+
+def test_route_set_between_two_flows_without_the_core_hairpins():
+    """The core did not record-route: every Route entry is ours; the request goes
+    from flow 2 to flow 1 directly, never to a *.invalid host or back to the core."""
+    proxy, clock, out = make_proxy()
+    registered(proxy, out, conn_id=1)
+    registered(proxy, out, conn_id=2)
+    t1, t2 = proxy.tokens.make(1), proxy.tokens.make(2)
+    me = "127.0.0.1:5062"
+    routes = (f"<sip:{t2}@{me};transport=ws;lr>, <sip:{me};transport=udp;lr>, "
+              f"<sip:{me};transport=udp;lr>, <sip:{t1}@{me};transport=ws;lr>")
+    proxy.receive_from_flow(2, two_flow_bye(proxy, routes), ("192.0.2.12", 4002), "ws")
+    assert out.to_targets == []
+    conn_id, data = out.to_flows[-1]
+    bye = parse(data)
+    assert conn_id == 1 and bye.method == "BYE" and not bye.has("route")
+    assert bye.vias[1].received == "192.0.2.12"
+    proxy.receive_from_flow(1, response_to(bye, 200, "OK"), CLIENT, "ws")
+    conn_id, data = out.to_flows[-1]
+    assert conn_id == 2 and parse(data).status == 200 and len(parse(data).vias) == 1
+    # and the ACK of a re-INVITE would hairpin the same way
+    ack = two_flow_bye(proxy, routes).replace(b"BYE", b"ACK")
+    proxy.receive_from_flow(2, ack, ("192.0.2.12", 4002), "ws")
+    assert out.to_flows[-1][0] == 1 and parse(out.to_flows[-1][1]).method == "ACK"
+    assert_clean(proxy, clock)
