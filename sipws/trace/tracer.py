@@ -48,6 +48,11 @@ MAX_QUEUE_BYTES = 16 * 1024 * 1024
 RECONNECT_INITIAL = 0.5
 RECONNECT_FACTOR = 2.0
 RECONNECT_MAX = 30.0
+#: UDP socket re-opening after ICMP errors: first delay, ceiling, and the quiet
+#: time after which the next error re-opens at once again (seconds).
+UDP_REOPEN_MIN = 0.1
+UDP_REOPEN_MAX = 5.0
+UDP_REOPEN_RESET = 30.0
 #: Seconds a stopping TCP destination waits for its buffer to drain before aborting.
 STOP_GRACE = 2.0
 #: Seconds allowed for one TCP connection attempt.
@@ -206,6 +211,7 @@ class Destination:
 
 
 class _UdpSender(DatagramProtocol):
+    noisy = False
     def __init__(self, owner: "UdpDestination") -> None:
         self.owner = owner
 
@@ -236,6 +242,8 @@ class UdpDestination(Destination):
         self._proto: _UdpSender | None = None
         self._address = host
         self._reopen: Any = None
+        self._reopen_delay = 0.0
+        self._last_reopen = float("-inf")
         self._stopped = False
 
     def start(self) -> None:
@@ -288,7 +296,15 @@ class UdpDestination(Destination):
         self.refused += 1
         self._port = self._proto = None
         self.state = "reopening"
-        self._reopen = self.reactor.callLater(0, self._bind, self._address)
+        # Back off while the collector stays down: each reopen costs a log
+        # line in Twisted, and packets queue (then drop) meanwhile anyway.
+        now = self.reactor.seconds()
+        if now - self._last_reopen > UDP_REOPEN_RESET:
+            self._reopen_delay = 0.0
+        else:
+            self._reopen_delay = min(max(self._reopen_delay * 2, UDP_REOPEN_MIN), UDP_REOPEN_MAX)
+        self._last_reopen = now
+        self._reopen = self.reactor.callLater(self._reopen_delay, self._bind, self._address)
 
     def _ready(self) -> bool:
         return self.state == "connected"
@@ -381,6 +397,7 @@ class TcpDestination(Destination):
         self.state = "connecting"
         self.attempts += 1
         factory = Factory.forProtocol(lambda: _HepStream(self))
+        factory.noisy = False
         try:
             d = self.endpoint.connect(factory)
         except Exception as exc:  # noqa: BLE001

@@ -538,3 +538,65 @@ def test_filter_with_a_malformed_record_does_not_raise() -> None:
     record = Odd()
     tracer.connection_made(record)
     assert record.traced is False
+
+
+class FakeUdpPort:
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.written: list[bytes] = []
+        self.connected_to: tuple[str, int] | None = None
+
+    def connect(self, host: str, port: int) -> None:
+        self.connected_to = (host, port)
+
+    def write(self, packet: bytes) -> None:
+        self.written.append(packet)
+
+    def stopListening(self) -> None:
+        return None
+
+
+class UdpReactor(Clock):
+    """A Clock that also hands out fake UDP ports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakeUdpPort] = []
+
+    def listenUDP(self, port: int, proto: Any, interface: str = "", maxPacketSize: int = 8192):
+        fake = FakeUdpPort(proto)
+        fake.interface = interface
+        self.ports.append(fake)
+        return fake
+
+
+def test_udp_socket_reopens_with_back_off_after_icmp_errors() -> None:
+    reactor = UdpReactor()
+    counts = Count()
+    dest = tracer_mod.UdpDestination(reactor, "::1", 9060, PacketQueue(100), counts)
+    dest.start()
+    [first] = reactor.ports
+    assert first.connected_to == ("::1", 9060) and first.interface == "::"
+    dest.send(b"a")
+    assert first.written == [b"a"] and counts.sent_n == 1
+    delays = []
+    for _ in range(8):
+        reactor.ports[-1].proto.stopProtocol()  # the reactor closed it (ICMP error)
+        assert dest.describe()["state"] == "reopening"
+        dest.send(b"q")  # queued meanwhile
+        [call] = reactor.getDelayedCalls()
+        delays.append(round(call.getTime() - reactor.seconds(), 3))
+        reactor.advance(delays[-1])
+        assert dest.describe()["state"] == "connected"
+        assert reactor.ports[-1].written == [b"q"]  # the queue flushed into the new socket
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
+    assert dest.describe()["icmp_errors"] == 8
+    # After a quiet period the next error re-opens at once again.
+    reactor.advance(tracer_mod.UDP_REOPEN_RESET + 1)
+    reactor.ports[-1].proto.stopProtocol()
+    assert reactor.getDelayedCalls()[0].getTime() == reactor.seconds()
+    dest.stop()
+    assert reactor.getDelayedCalls() == []
+    # Our own stop does not trigger a re-open.
+    reactor.ports[-1].proto.stopProtocol()
+    assert reactor.getDelayedCalls() == []
