@@ -19,7 +19,7 @@ import hashlib
 import hmac
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Union
+from typing import Callable, Optional, Protocol
 
 from twisted.logger import Logger
 
@@ -30,11 +30,11 @@ from sipws.proxy.targets import (
     target_for_uri,
 )
 from sipws.proxy.transaction import (
-    CALLING, MAGIC_COOKIE, PROCEEDING, TRYING, ClientTransaction, Clock, ServerTransaction,
+    CALLING, MAGIC_COOKIE, ClientTransaction, Clock, ServerTransaction,
     Timers, TransactionTable, build_cancel,
 )
 from sipws.sip import (
-    Limits, Request, Response, SipError, SipParseError, SipUri, is_keepalive, make_response,
+    Limits, Request, Response, SipError, SipParseError, is_keepalive, make_response,
     parse,
 )
 
@@ -142,7 +142,7 @@ class EdgeProxy:
         #: Event counters (for stats and tests): "relayed_requests", "430" ...
         self.counters: Counter[str] = Counter()
         # Keyed hashes for branches and tags: not guessable from outside.
-        self._hash_key = hashlib.sha256(b"sipws-branch" + tokens.make(1).encode()).digest()
+        self._hash_key = tokens.subkey(b"branch")
 
     # ================================================================ inputs
 
@@ -190,8 +190,7 @@ class EdgeProxy:
             self.counters["bad_input"] += 1
             log.warn("bad SIP message from {src}: {err}", src=inbound.describe(), err=exc)
             if isinstance(msg, Request) and msg.method != "ACK":
-                status = getattr(exc, "status", 400) or 400
-                self._respond_stateless(msg, inbound, status, _reason_of(exc))
+                self._respond_stateless(msg, inbound, _status_of(exc), _reason_of(exc))
 
     def _malformed(self, data: bytes, exc: SipParseError, inbound: Inbound) -> None:
         """400 (or the parser's status) to a malformed request; drop the rest."""
@@ -215,10 +214,10 @@ class EdgeProxy:
             return
         server = self.table.server(req, self._response_sender(req, inbound), inbound.reliable)
         self.counters["requests"] += 1
-        if req.method == "CANCEL":
-            self._on_cancel(req, server, inbound)
-            return
         try:
+            if req.method == "CANCEL":
+                self._on_cancel(req, server, inbound)
+                return
             self._check_hops_and_loops(req)
             if req.method == "INVITE":
                 server.respond(make_response(req, 100))
@@ -230,6 +229,14 @@ class EdgeProxy:
             self._reject(server, reject.status, reject.reason, inbound)
         except NoRoute as exc:
             self._reject(server, exc.status, exc.reason, inbound)
+        except (SipError, ProxyError, ValueError) as exc:
+            # A value the parser let through that a later step refused (a tel:
+            # Request-URI where a flow token was expected ...): answer through the
+            # server transaction, which then ends like any other.
+            self.counters["bad_input"] += 1
+            log.warn("{method} from {src} refused: {err}", method=req.method,
+                     src=inbound.describe(), err=exc)
+            self._reject(server, _status_of(exc), _reason_of(exc), inbound)
 
     def _check_hops_and_loops(self, req: Request) -> None:
         """Max-Forwards (RFC 3261 §16.3 step 3) and loop detection (step 4)."""
@@ -255,8 +262,9 @@ class EdgeProxy:
                 inbound: Inbound) -> None:
         self.counters[str(status)] += 1
         if status >= 300:
-            log.warn("{method} from {src} answered {status} {reason}", method=server.request.method,
-                     src=inbound.describe(), status=status, reason=reason or "")
+            log.warn("{method} from {src} answered {status} {reason}",
+                     method=server.request.method, src=inbound.describe(), status=status,
+                     reason=reason or "")
         server.respond(make_response(server.request, status, reason,
                                      to_tag=self._to_tag(server.request)))
 
@@ -704,6 +712,12 @@ def _uses_outbound(req: Request) -> bool:
         return any("reg-id" in c.params and "+sip.instance" in c.params for c in req.contacts)
     except SipParseError:
         return False
+
+
+def _status_of(exc: Exception) -> int:
+    """The error status an exception carries (SipParseError, NoRoute), else 400."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) and 300 <= status <= 699 else 400
 
 
 def _reason_of(exc: Exception) -> str:

@@ -48,6 +48,12 @@ class FlowTokens:
         self._key = secret if secret else os.urandom(RANDOM_KEY_BYTES)
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
 
+    def subkey(self, label: bytes) -> bytes:
+        """A key for another keyed hash of this start (branches, tags), derived
+        from the flow key so nothing else needs a secret of its own."""
+        return hmac.new(self._key, b"sipws-subkey:" + label + b":" + self._nonce,
+                        hashlib.sha256).digest()
+
     def _mac(self, raw_id: bytes) -> bytes:
         return hmac.new(self._key, self._nonce + raw_id, hashlib.sha256).digest()[:MAC_BYTES]
 

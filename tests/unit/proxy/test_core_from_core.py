@@ -367,3 +367,12 @@ def test_route_set_between_two_flows_without_the_core_hairpins():
     proxy.receive_from_flow(2, ack, ("192.0.2.12", 4002), "ws")
     assert out.to_flows[-1][0] == 1 and parse(out.to_flows[-1][1]).method == "ACK"
     assert_clean(proxy, clock)
+
+
+def test_non_sip_request_uri_without_token_gets_416_and_no_leak():
+    proxy, clock, out = make_proxy()
+    proxy.receive_from_sip(core_invite("", ruri="tel:+15551234", method="MESSAGE"), CORE, "udp")
+    answer = out.last_sip()[1]
+    assert answer.status == 416 and answer.to.tag
+    assert proxy.counters["bad_input"] == 1
+    assert_clean(proxy, clock)

@@ -93,3 +93,11 @@ def test_random_well_formed_tokens_refused(text):
 def test_round_trip_any_id(conn_id):
     tokens = FlowTokens(b"key", b"n")
     assert tokens.check(tokens.make(conn_id)) == conn_id
+
+
+def test_subkeys_differ_per_label_start_and_key():
+    a = FlowTokens(b"key", b"n")
+    assert a.subkey(b"branch") == FlowTokens(b"key", b"n").subkey(b"branch")
+    assert a.subkey(b"branch") != a.subkey(b"tag")
+    assert a.subkey(b"branch") != FlowTokens(b"key", b"m").subkey(b"branch")
+    assert a.subkey(b"branch") != FlowTokens(b"other", b"n").subkey(b"branch")
