@@ -80,6 +80,7 @@ class Flow:
     conn_id: int
     transport: str  # ws or wss
     source: tuple[str, int]
+    token: str  # its flow token, computed once
 
 
 @dataclass(frozen=True)
@@ -143,15 +144,15 @@ class EdgeProxy:
         self.counters: Counter[str] = Counter()
         # Keyed hashes for branches and tags: not guessable from outside.
         self._hash_key = tokens.subkey(b"branch")
+        self._last_loop: Optional[tuple[Request, str]] = None
 
     # ================================================================ inputs
 
     def receive_from_flow(self, conn_id: int, data: bytes, source: tuple[str, int],
                           transport: str = "ws") -> None:
         """One WebSocket message from connection ``conn_id`` (a SIP client)."""
-        flow = self.flows.get(conn_id)
-        if flow is None:
-            self.flows[conn_id] = Flow(conn_id, transport, source)
+        if conn_id not in self.flows:
+            self.flows[conn_id] = Flow(conn_id, transport, source, self.tokens.make(conn_id))
         inbound = Inbound(conn_id, transport, source)
         self._receive(data, inbound)
 
@@ -278,7 +279,7 @@ class EdgeProxy:
             self._forward_to_flow(req, out, other, server, inbound)
             return
         target = self._next_hop_from_flow(out)
-        token = self.tokens.make(inbound.conn_id)
+        token = self.flows[inbound.conn_id].token
         addr = self.local.address_for(target.transport)
         host, port = inbound.source
         out.set_top_via_received(host, port)
@@ -378,7 +379,8 @@ class EdgeProxy:
     def _hairpin_token(self, users: list[str], conn_id: int) -> Optional[str]:
         """A flow token of *another* flow among our popped routes: the route set
         leads from one of our clients to another without leaving us."""
-        own = self.tokens.make(conn_id)
+        flow = self.flows.get(conn_id)
+        own = flow.token if flow is not None else self.tokens.make(conn_id)
         for user in users:
             if user.lower() != own:
                 return user
@@ -386,7 +388,7 @@ class EdgeProxy:
 
     def _set_received(self, out: Request, inbound: Inbound) -> None:
         """received / rport on the sender's Via (RFC 3261 §18.2.1, RFC 3581)."""
-        via = out.top_via
+        via = out.vias[0]
         host, port = inbound.source
         received = host if via.host != host.lower() else None
         rport = port if via.rport is not None else None
@@ -445,7 +447,7 @@ class EdgeProxy:
         return to_target
 
     def _response_target(self, req: Request, inbound: Inbound) -> Target:
-        via = req.top_via
+        via = req.vias[0]
         host, port = inbound.source
         if inbound.reliable or via.rport is not None:
             return Target("sip", host, port, inbound.transport)
@@ -512,7 +514,7 @@ class EdgeProxy:
                 token = self._hairpin_token(users, inbound.conn_id)
                 if token is None:
                     target = self._next_hop_from_flow(out)
-                    own = self.tokens.make(inbound.conn_id)
+                    own = self.flows[inbound.conn_id].token
                     addr = self.local.address_for(target.transport)
                     host, port = inbound.source
                     out.set_top_via_received(host, port)
@@ -544,7 +546,7 @@ class EdgeProxy:
     # ============================================================ responses
 
     def _on_response(self, resp: Response, inbound: Inbound) -> None:
-        via = resp.top_via
+        via = resp.vias[0]
         branch = via.branch or ""
         if not (branch.startswith(MAGIC_COOKIE + BRANCH_MARK)
                 and self.local.is_my_sent_by(via.host, via.port, via.transport)):
@@ -565,7 +567,7 @@ class EdgeProxy:
             # Its transaction is over (a late or duplicate answer): nobody waits for it.
             self.counters["late_responses"] += 1
             return
-        ours = resp.top_via
+        ours = resp.vias[0]
         resp.pop_via()
         rest = resp.vias
         if not rest:
@@ -627,12 +629,19 @@ class EdgeProxy:
 
     def _loop_part(self, req: Request) -> str:
         # RFC 3261 §16.6 step 8: what a spiral changes (Request-URI, Route) is in.
-        return self._digest("loop", req.uri, req.get_all("route"), req.call_id,
-                            req.from_.tag, req.to.tag, req.cseq[0])[:BRANCH_LOOP_HEX]
+        # From, To and CSeq as written: proxies relay them unchanged, and the
+        # raw text spares parsing them (computed twice per request: memoised).
+        last = self._last_loop
+        if last is not None and last[0] is req:
+            return last[1]
+        value = self._digest("loop", req.uri, req.get_all("route"), req.call_id,
+                             req.get("from"), req.get("to"), req.get("cseq"))[:BRANCH_LOOP_HEX]
+        self._last_loop = (req, value)
+        return value
 
     def _branch(self, req: Request, inbound: Inbound) -> str:
         """Deterministic: a retransmission or a CANCEL maps to the same branch."""
-        via = req.top_via
+        via = req.vias[0]
         leg = inbound.conn_id if inbound.conn_id is not None else (
             inbound.transport, *inbound.source)
         tx = self._digest("tx", via.branch, via.sent_by.lower(), leg,
@@ -642,7 +651,7 @@ class EdgeProxy:
         return f"{MAGIC_COOKIE}{BRANCH_MARK}{tx}.{self._loop_part(req)}"
 
     def _to_tag(self, req: Request) -> str:
-        return self._digest("tag", req.top_via.branch, req.call_id)[:TO_TAG_HEX]
+        return self._digest("tag", req.vias[0].branch, req.call_id)[:TO_TAG_HEX]
 
 
 # ------------------------------------------------------------- helpers

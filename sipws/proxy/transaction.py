@@ -84,14 +84,14 @@ class ClientUser(Protocol):
 
 def _rfc2543_key(msg, method: str) -> tuple:
     """Matching for requests without a magic-cookie branch (RFC 3261 §17.2.3 end)."""
-    via = msg.top_via
+    via = msg.vias[0]
     return ("2543", msg.call_id, msg.from_.tag, msg.cseq[0], via.sent_by.lower(),
             via.branch or "", method)
 
 
 def server_key(request: Request, method: Optional[str] = None) -> tuple:
     """§17.2.3: branch + sent-by + method (ACK counts as INVITE)."""
-    via = request.top_via
+    via = request.vias[0]  # parsed once per message (cached), unlike top_via
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
@@ -158,8 +158,8 @@ class TransactionTable:
         return self.servers.get(server_key(request, "INVITE"))
 
     def find_client(self, response: Response) -> Optional["ClientTransaction"]:
-        via = response.top_via
-        if via is None or not via.branch:
+        via = response.vias[0]
+        if not via.branch:
             return None
         return self.clients.get(client_key(via.branch, response.cseq[1]))
 
@@ -231,7 +231,7 @@ class ClientTransaction(_Transaction):
     def __init__(self, table: TransactionTable, request: Request, send: Send,
                  reliable: bool, user: ClientUser) -> None:
         super().__init__(table, request, send, reliable)
-        via = request.top_via
+        via = request.top_via  # one Via parsed: ours, just pushed
         if via is None or not via.branch:
             raise SipError("client request without a branch")
         self.key = client_key(via.branch, request.method)
