@@ -24,113 +24,45 @@ from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
-from sipws.config import Config, HostPort, resolve_callable
+from sipws.config import Config, HostPort
 from sipws.tap import StartupError
 from sipws.transport import handshake
-from sipws.transport.connections import (
-    CLOSING,
-    LOCAL,
-    OPEN,
-    REMOTE,
-    SERVER,
-    ConnectionRecord,
-)
+from sipws.transport.connections import OPEN, SERVER, ConnectionRecord
 from sipws.transport.keepalive import KeepaliveSweeper
+from sipws.transport.ws_common import ClosedHook, SipWebSocketMixin, protocol_options
 
 log = Logger(namespace="sipws.ws")
 
-#: Messages that are SIP-over-WebSocket keep-alives (SIP.js, JsSIP, Asterisk).
-CRLF_KEEPALIVES = (b"\r\n", b"\r\n\r\n")
-CRLF_REPLY = b"\r\n"
-#: Close codes sipws may put on the wire (RFC 6455 §7.4; 1004-1006, 1015 are reserved).
-SENDABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011))
-#: Largest close reason in bytes (125-byte control payload minus the 2-byte code).
-MAX_CLOSE_REASON = 123
-#: Seconds the close handshake may take before the TCP connection is dropped.
-CLOSE_HANDSHAKE_TIMEOUT = 2.0
 #: Seconds stopService waits for closing connections before aborting them.
 SHUTDOWN_GRACE = 3.0
 #: Listen backlog: a burst of browsers reconnecting after a restart is normal.
 LISTEN_BACKLOG = 1024
 
 
-def close_code_allowed(code: int) -> bool:
-    return code in SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
-
-
-class SipServerProtocol(WebSocketServerProtocol):
+class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     """One accepted WebSocket connection carrying SIP."""
 
-    record: ConnectionRecord
-
-    # -- connection life ----------------------------------------------------
-
     def connectionMade(self) -> None:
-        factory: SipServerFactory = self.factory
-        root = factory.root
-        peer, host = self.transport.getPeer(), self.transport.getHost()
-        self.record = ConnectionRecord(
-            factory.transport_name,
-            SERVER,
-            (host.host, host.port),
-            (peer.host, peer.port),
-            root.reactor.seconds(),
-            protocol=self,
-        )
         self._refused: handshake.Refusal | None = None
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
-        self._frames = 0
-        self._local_abort = ""
-        self.paused_since: float | None = None
-        self.keepalive_at = 0.0
-        root.connections.add(self.record)
-        root.tracer.connection_made(self.record)
+        self._enter_table(SERVER)
         super().connectionMade()
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Any) -> None:
-        record = self.record
-        root = self.factory.root
-        if root.connections.remove(record):
-            code, why, side = self._close_outcome(reason)
-            root.stats.incr("ws.closed_local" if side == LOCAL else "ws.closed_remote")
-            log.info(
-                "closed {conn} code={code} side={side} reason={reason}",
-                conn=record.describe(),
-                code=code,
-                side=side,
-                reason=why,
-                conn_id=record.id,
-            )
-            root.tracer.ws_closed(record, code, why, side)
-            self.factory.fire_closed(record, code, why, side)
+        self._leave_table()
         super().connectionLost(reason)
 
-    def _close_outcome(self, reason: Any) -> tuple[int | None, str, str]:
-        """(code, reason, side) of a finished connection, for the closed event."""
-        if self._refused is not None:
-            return None, f"handshake refused: {self._refused.status} {self._refused.reason}", LOCAL
-        if self._local_abort:
-            return None, self._local_abort, LOCAL
-        if getattr(self, "closedByMe", False) and getattr(self, "localCloseCode", None) is not None:
-            raw = getattr(self, "localCloseReason", None) or b""
-            return self.localCloseCode, raw.decode("utf-8", "replace"), LOCAL
-        remote_code = getattr(self, "remoteCloseCode", None)
-        if remote_code is not None:
-            return remote_code, getattr(self, "remoteCloseReason", None) or "", REMOTE
-        if getattr(self, "failedByMe", False):
-            return None, getattr(self, "wasNotCleanReason", None) or "failed", LOCAL
-        if self.record.state == OPEN or self.record.state == CLOSING:
-            return None, "connection lost", REMOTE
-        return None, "connection lost during handshake", REMOTE
+    def _handshake_failure(self) -> str | None:
+        if self._refused is None:
+            return None
+        return f"handshake refused: {self._refused.status} {self._refused.reason}"
 
-    # -- incoming bytes -----------------------------------------------------
+    # -- opening handshake ------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        record = self.record
-        record.last_used = self.factory.root.reactor.seconds()
-        record.awaiting_pong = False
+        self._mark_alive()
         if self._refused is not None:
             return  # refused: ignore whatever else the client sends
         super().dataReceived(data)
@@ -165,7 +97,8 @@ class SipServerProtocol(WebSocketServerProtocol):
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Autobahn's own refusals take the same path as ours."""
         headers = tuple((str(k), str(v)) for k, v in (responseHeaders or ()))
-        self._refuse(handshake.Refusal(code, reason, headers), self._request_head or bytes(self.data[:handshake.MAX_HEAD_SIZE]))
+        head = self._request_head or bytes(self.data[: handshake.MAX_HEAD_SIZE])
+        self._refuse(handshake.Refusal(code, reason, headers), head)
 
     def _refuse(self, refusal: handshake.Refusal, head: bytes) -> None:
         root = self.factory.root
@@ -216,6 +149,7 @@ class SipServerProtocol(WebSocketServerProtocol):
         root.tracer.ws_handshake(
             record, self._request_head, response, 101, "Switching Protocols", self._tls_details()
         )
+        # nothing of the handshake is kept per connection once it is traced
         self._request_head = b""
         self._request = None
         self.http_response_data = None
@@ -233,122 +167,6 @@ class SipServerProtocol(WebSocketServerProtocol):
         from sipws.transport.tls import tls_details
 
         return tls_details(self.transport)
-
-    # -- messages -------------------------------------------------------------
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        self._frames = 0
-        super().onMessageBegin(isBinary)
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        self._frames += 1
-        self.factory.root.stats.incr("ws.frames_in")
-        if self._frames > self.factory.max_msg_chunks:
-            self._fail_connection(1009, f"more than {self.factory.max_msg_chunks} frames in one message")
-            return
-        super().onMessageFrameBegin(length)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        root = self.factory.root
-        record = self.record
-        if payload in CRLF_KEEPALIVES:
-            root.stats.incr("ws.crlf_keepalives")
-            self._send(CRLF_REPLY, False)
-            return
-        size = len(payload)
-        record.messages_in += 1
-        record.bytes_in += size
-        stats = root.stats
-        stats.incr("ws.messages_in")
-        stats.incr("ws.bytes_in", size)
-        root.tracer.sip_message(
-            record, "in", record.transport, record.remote, record.local, payload, root.reactor.seconds()
-        )
-        try:
-            root.deliver(record, payload)
-        except Exception:
-            log.failure("message handler failed on {conn}", conn=record.describe())
-
-    def onPing(self, payload: bytes) -> None:
-        self.factory.root.stats.incr("ws.frames_in")
-        super().onPing(payload)
-
-    def onPong(self, payload: bytes) -> None:
-        self.factory.root.stats.incr("ws.frames_in")
-
-    # -- sending (used by the relay, the admin interface, the keep-alive) -----
-
-    def send_message(self, data: bytes) -> bool:
-        """Send one message: text if valid UTF-8, else binary (RFC 7118 §4.2)."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return False
-        try:
-            data.decode("utf-8")
-            binary = False
-        except UnicodeDecodeError:
-            binary = True
-        self._send(data, binary)
-        record = self.record
-        root = self.factory.root
-        record.messages_out += 1
-        record.bytes_out += len(data)
-        root.stats.incr("ws.messages_out")
-        root.stats.incr("ws.bytes_out", len(data))
-        root.tracer.sip_message(
-            record, "out", record.transport, record.local, record.remote, data, root.reactor.seconds()
-        )
-        return True
-
-    def _send(self, data: bytes, binary: bool) -> None:
-        self.factory.root.stats.incr("ws.frames_out")
-        self.sendMessage(data, isBinary=binary)
-
-    def close_connection(self, code: int = 1000, reason: str = "") -> None:
-        """Start the close handshake with any code RFC 6455 lets an endpoint send."""
-        if not close_code_allowed(code):
-            raise ValueError(f"close code {code} may not be sent")
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            reason_bytes = reason.encode("utf-8")[:MAX_CLOSE_REASON]
-            # do not cut a UTF-8 sequence in half
-            reason_bytes = reason_bytes.decode("utf-8", "ignore").encode("utf-8")
-            self.factory.root.stats.incr("ws.frames_out")
-            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
-            self.record.state = CLOSING
-        elif self.state == WebSocketProtocol.STATE_CONNECTING:
-            self.abort(f"closed during handshake ({code})")
-
-    def send_ping(self, payload: bytes) -> bool:
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return False
-        self.factory.root.stats.incr("ws.frames_out")
-        self.sendPing(payload)
-        return True
-
-    def send_pong(self, payload: bytes) -> bool:
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return False
-        self.factory.root.stats.incr("ws.frames_out")
-        self.sendPong(payload)
-        return True
-
-    def abort(self, why: str = "aborted") -> None:
-        """Drop the TCP connection now, without a close handshake."""
-        if not self._local_abort:
-            self._local_abort = why
-        self.transport.abortConnection()
-
-    # -- back-pressure (IPushProducer, registered on the transport) -----------
-
-    def pauseProducing(self) -> None:
-        if self.paused_since is None:
-            self.paused_since = self.factory.root.reactor.seconds()
-            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout)
-
-    def resumeProducing(self) -> None:
-        self.paused_since = None
-
-    def stopProducing(self) -> None:
-        self.paused_since = None
 
 
 class SipServerFactory(WebSocketServerFactory):
@@ -377,31 +195,14 @@ class SipServerFactory(WebSocketServerFactory):
             timeout += config.wss.tls_handshake_timeout
         self.setProtocolOptions(
             versions=[13],
-            webStatus=False,
-            failByDrop=False,
-            echoCloseCodeReason=True,
+            webStatus=False,  # no HTML status page naming the library
             requireMaskedClientFrames=True,
-            maxFramePayloadSize=section.max_message_size,
-            maxMessagePayloadSize=section.max_message_size,
-            openHandshakeTimeout=timeout,
-            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             allowedOrigins=["*"],
             allowNullOrigin=True,  # the policy in handshake.py decides
-            autoFragmentSize=0,
             perMessageCompressionAccept=lambda offers: None,
+            **protocol_options(section, timeout),
         )
-        self._on_closed = None
-        if config.events.on_closed:
-            self._on_closed = resolve_callable("[events] on_closed", config.events.on_closed)
-
-    def fire_closed(self, record: ConnectionRecord, code: int | None, reason: str, side: str) -> None:
-        """The [events] on_closed hook: called once, its exceptions logged, never raised."""
-        if self._on_closed is None:
-            return
-        try:
-            self._on_closed(record, code, reason, side)
-        except Exception:
-            log.failure("[events] on_closed raised for {conn}", conn=record.describe())
+        self.fire_closed = ClosedHook(config)
 
 
 class WsServerService(Service):

@@ -1,0 +1,261 @@
+"""What accepted and dialled WebSocket connections share.
+
+``SipWebSocketMixin`` goes in front of Autobahn's server or client protocol
+class.  It keeps the connection-table record up to date, counts, traces,
+enforces the frame limit, answers CRLF keep-alives, sends text-or-binary,
+closes with any code RFC 6455 allows, and acts as the transport's push
+producer so the keep-alive sweeper can drop peers that stop reading.  The
+closed event (log line, tracer, [events] on_closed) fires from
+``connectionLost`` exactly once, because the record leaves the table once.
+
+The factory of either role provides: ``root``, ``transport_name``,
+``max_msg_chunks``, ``send_timeout``, ``sweeper`` and ``fire_closed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.logger import Logger
+
+from sipws.config import resolve_callable
+from sipws.transport.connections import CLOSING, LOCAL, OPEN, REMOTE, ConnectionRecord
+
+log = Logger(namespace="sipws.ws")
+
+#: Messages that are SIP-over-WebSocket keep-alives (SIP.js, JsSIP, Asterisk).
+CRLF_KEEPALIVES = (b"\r\n", b"\r\n\r\n")
+CRLF_REPLY = b"\r\n"
+#: Close codes sipws may put on the wire (RFC 6455 §7.4; 1004-1006, 1015 are reserved).
+SENDABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011))
+#: Largest close reason in bytes (125-byte control payload minus the 2-byte code).
+MAX_CLOSE_REASON = 123
+#: Seconds the close handshake may take before the TCP connection is dropped.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
+
+
+def close_code_allowed(code: int) -> bool:
+    return code in SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def protocol_options(section: Any, handshake_timeout: float) -> dict[str, Any]:
+    """Autobahn options both roles use (see ANCHORS.md for why each is set)."""
+    return dict(
+        failByDrop=False,  # send 1002/1007/1009 instead of dropping TCP
+        echoCloseCodeReason=True,
+        maxFramePayloadSize=section.max_message_size,
+        maxMessagePayloadSize=section.max_message_size,
+        openHandshakeTimeout=handshake_timeout,
+        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
+        autoFragmentSize=0,
+    )
+
+
+class ClosedHook:
+    """The [events] on_closed callable: called once, its exceptions logged, never raised."""
+
+    def __init__(self, config: Any) -> None:
+        self._callable = None
+        if config.events.on_closed:
+            self._callable = resolve_callable("[events] on_closed", config.events.on_closed)
+
+    def __call__(self, record: ConnectionRecord, code: int | None, reason: str, side: str) -> None:
+        if self._callable is None:
+            return
+        try:
+            self._callable(record, code, reason, side)
+        except Exception:
+            log.failure("[events] on_closed raised for {conn}", conn=record.describe())
+
+
+class SipWebSocketMixin:
+    """Record keeping, limits and sending for one WebSocket connection carrying SIP."""
+
+    record: ConnectionRecord
+    factory: Any
+    transport: Any
+    state: int
+
+    def _enter_table(self, role: str) -> None:
+        """Create and register the record; called from connectionMade."""
+        root = self.factory.root
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.record = ConnectionRecord(
+            self.factory.transport_name,
+            role,
+            (host.host, host.port),
+            (peer.host, peer.port),
+            root.reactor.seconds(),
+            protocol=self,
+        )
+        self._frames = 0
+        self._local_abort = ""
+        self.paused_since: float | None = None
+        self.keepalive_at = 0.0
+        root.connections.add(self.record)
+        root.tracer.connection_made(self.record)
+
+    def _leave_table(self) -> bool:
+        """Remove the record and fire the closed event; False if already done."""
+        record = self.record
+        root = self.factory.root
+        if not root.connections.remove(record):
+            return False
+        code, why, side = self._close_outcome()
+        root.stats.incr("ws.closed_local" if side == LOCAL else "ws.closed_remote")
+        log.info(
+            "closed {conn} code={code} side={side} reason={reason}",
+            conn=record.describe(),
+            code=code,
+            side=side,
+            reason=why,
+            conn_id=record.id,
+        )
+        root.tracer.ws_closed(record, code, why, side)
+        self.factory.fire_closed(record, code, why, side)
+        return True
+
+    def _handshake_failure(self) -> str | None:
+        """Why the opening handshake failed, if it did (role-specific)."""
+        return None
+
+    def _close_outcome(self) -> tuple[int | None, str, str]:
+        """(code, reason, side) of a finished connection, for the closed event."""
+        failure = self._handshake_failure()
+        if failure is not None:
+            return None, failure, LOCAL
+        if self._local_abort:
+            return None, self._local_abort, LOCAL
+        if getattr(self, "closedByMe", False) and getattr(self, "localCloseCode", None) is not None:
+            raw = getattr(self, "localCloseReason", None) or b""
+            return self.localCloseCode, raw.decode("utf-8", "replace"), LOCAL
+        remote_code = getattr(self, "remoteCloseCode", None)
+        if remote_code is not None:
+            return remote_code, getattr(self, "remoteCloseReason", None) or "", REMOTE
+        if getattr(self, "failedByMe", False):
+            return None, getattr(self, "wasNotCleanReason", None) or "failed", LOCAL
+        if self.record.state in (OPEN, CLOSING):
+            return None, "connection lost", REMOTE
+        return None, "connection lost during handshake", REMOTE
+
+    def _mark_alive(self) -> None:
+        record = self.record
+        record.last_used = self.factory.root.reactor.seconds()
+        record.awaiting_pong = False
+
+    # -- messages ---------------------------------------------------------------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._frames = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._frames += 1
+        self.factory.root.stats.incr("ws.frames_in")
+        if self._frames > self.factory.max_msg_chunks:
+            self._fail_connection(1009, f"more than {self.factory.max_msg_chunks} frames in one message")
+            return
+        super().onMessageFrameBegin(length)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        root = self.factory.root
+        record = self.record
+        if payload in CRLF_KEEPALIVES:
+            root.stats.incr("ws.crlf_keepalives")
+            self._send(CRLF_REPLY, False)
+            return
+        size = len(payload)
+        record.messages_in += 1
+        record.bytes_in += size
+        stats = root.stats
+        stats.incr("ws.messages_in")
+        stats.incr("ws.bytes_in", size)
+        root.tracer.sip_message(
+            record, "in", record.transport, record.remote, record.local, payload, root.reactor.seconds()
+        )
+        try:
+            root.deliver(record, payload)
+        except Exception:
+            log.failure("message handler failed on {conn}", conn=record.describe())
+
+    def onPing(self, payload: bytes) -> None:
+        self.factory.root.stats.incr("ws.frames_in")
+        super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self.factory.root.stats.incr("ws.frames_in")
+
+    # -- sending (relay, admin interface, keep-alive) ---------------------------
+
+    def send_message(self, data: bytes) -> bool:
+        """Send one message: text if valid UTF-8, else binary (RFC 7118 §4.2)."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        try:
+            data.decode("utf-8")
+            binary = False
+        except UnicodeDecodeError:
+            binary = True
+        self._send(data, binary)
+        record = self.record
+        root = self.factory.root
+        record.messages_out += 1
+        record.bytes_out += len(data)
+        root.stats.incr("ws.messages_out")
+        root.stats.incr("ws.bytes_out", len(data))
+        root.tracer.sip_message(
+            record, "out", record.transport, record.local, record.remote, data, root.reactor.seconds()
+        )
+        return True
+
+    def _send(self, data: bytes, binary: bool) -> None:
+        self.factory.root.stats.incr("ws.frames_out")
+        self.sendMessage(data, isBinary=binary)
+
+    def close_connection(self, code: int = 1000, reason: str = "") -> None:
+        """Start the close handshake with any code RFC 6455 lets an endpoint send."""
+        if not close_code_allowed(code):
+            raise ValueError(f"close code {code} may not be sent")
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            reason_bytes = reason.encode("utf-8")[:MAX_CLOSE_REASON]
+            # do not cut a UTF-8 sequence in half
+            reason_bytes = reason_bytes.decode("utf-8", "ignore").encode("utf-8")
+            self.factory.root.stats.incr("ws.frames_out")
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+            self.record.state = CLOSING
+        elif self.state == WebSocketProtocol.STATE_CONNECTING:
+            self.abort(f"closed during handshake ({code})")
+
+    def send_ping(self, payload: bytes) -> bool:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        self.factory.root.stats.incr("ws.frames_out")
+        self.sendPing(payload)
+        return True
+
+    def send_pong(self, payload: bytes) -> bool:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        self.factory.root.stats.incr("ws.frames_out")
+        self.sendPong(payload)
+        return True
+
+    def abort(self, why: str = "aborted") -> None:
+        """Drop the TCP connection now, without a close handshake."""
+        if not self._local_abort:
+            self._local_abort = why
+        self.transport.abortConnection()
+
+    # -- back-pressure (IPushProducer, registered on the transport) -------------
+
+    def pauseProducing(self) -> None:
+        if self.paused_since is None:
+            self.paused_since = self.factory.root.reactor.seconds()
+            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout)
+
+    def resumeProducing(self) -> None:
+        self.paused_since = None
+
+    def stopProducing(self) -> None:
+        self.paused_since = None
