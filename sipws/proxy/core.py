@@ -140,6 +140,8 @@ class EdgeProxy:
         self.upstream = target_for_upstream(sip_config.upstream)
         self.table = TransactionTable(clock, Timers.from_config(sip_config))
         self.flows: dict[int, Flow] = {}
+        #: Live client transactions per flow they were sent to.
+        self._toward_flow: dict[int, set[ClientTransaction]] = {}
         #: Event counters (for stats and tests): "relayed_requests", "430" ...
         self.counters: Counter[str] = Counter()
         # Keyed hashes for branches and tags: not guessable from outside.
@@ -165,11 +167,21 @@ class EdgeProxy:
     def flow_closed(self, conn_id: int) -> None:
         """Connection ``conn_id`` is gone: forget it, fail what waits on it (430)."""
         self.flows.pop(conn_id, None)
-        for txn in list(self.table.clients.values()):
-            ctx = txn.context
-            if isinstance(ctx, _Context) and ctx.out_flow == conn_id:
-                ctx.error_status = 430
-                txn.transport_error("connection closed")
+        for txn in list(self._toward_flow.get(conn_id, ())):
+            txn.context.error_status = 430
+            txn.transport_error("connection closed")
+
+    def _track(self, txn: ClientTransaction, conn_id: int) -> None:
+        """Index client transactions by the flow they go to (for flow_closed)."""
+        self._toward_flow.setdefault(conn_id, set()).add(txn)
+
+        def untrack(done: ClientTransaction) -> None:
+            waiting = self._toward_flow.get(conn_id)
+            if waiting is not None:
+                waiting.discard(done)
+                if not waiting:
+                    del self._toward_flow[conn_id]
+        txn.on_terminated = untrack
 
     # ============================================================ dispatching
 
@@ -415,6 +427,8 @@ class EdgeProxy:
             reliable = target.reliable
         self.counters["relayed_requests"] += 1
         ctx.client = self._new_client(ctx, out, reliable)
+        if out_flow is not None and not ctx.client.terminated:
+            self._track(ctx.client, out_flow)
 
     def _new_client(self, ctx: _Context, out: Request, reliable: bool) -> ClientTransaction:
         return _make_client(self.table, out, _LateSend(), reliable, _ContextUser(self, ctx), ctx)

@@ -226,7 +226,8 @@ class _Transaction:
 class ClientTransaction(_Transaction):
     """Client INVITE (timers A, B, C, D) and non-INVITE (E, F, K) transactions."""
 
-    __slots__ = ("user", "data", "provisional_seen", "final_status", "_interval", "context")
+    __slots__ = ("user", "data", "provisional_seen", "final_status", "_interval", "context",
+                 "on_terminated")
 
     def __init__(self, table: TransactionTable, request: Request, send: Send,
                  reliable: bool, user: ClientUser) -> None:
@@ -243,6 +244,8 @@ class ClientTransaction(_Transaction):
         self._interval = table.timers.t1
         #: Free slot for the owner (the proxy core keeps its context here).
         self.context: Any = None
+        #: Called once with the transaction when it leaves the table.
+        self.on_terminated: Optional[Callable[["ClientTransaction"], None]] = None
 
     def _start(self) -> None:
         t = self.table.timers
@@ -327,6 +330,8 @@ class ClientTransaction(_Transaction):
         self._cancel_all()
         if self.table.clients.get(self.key) is self:
             del self.table.clients[self.key]
+        if self.on_terminated is not None:
+            self.on_terminated(self)
 
 
 class ServerTransaction(_Transaction):

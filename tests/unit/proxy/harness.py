@@ -108,6 +108,7 @@ def assert_clean(proxy: EdgeProxy, clock: Clock) -> None:
     """Every transaction ends: after the longest timers, the table is empty."""
     run_out(clock)
     assert len(proxy.table) == 0, (proxy.table.clients, proxy.table.servers)
+    assert proxy._toward_flow == {}
     assert not clock.getDelayedCalls()
 
 

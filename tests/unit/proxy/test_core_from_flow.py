@@ -340,3 +340,37 @@ def test_advertise_written_in_via_path_and_record_route():
     proxy.receive_from_sip(response_to(reg, 200, "OK"), CORE, "udp")
     assert out.last_flow().status == 200
     assert_clean(proxy, clock)
+
+
+def test_websocket_upstream_target_and_via():
+    proxy, clock, out = make_proxy(upstream="wss://core.example.com:8443/sip")
+    proxy.receive_from_flow(7, capture("jssip_01_REGISTER"), CLIENT, "ws")
+    target, reg = out.last_sip()
+    assert target == Target("sips", "core.example.com", 8443, "wss", "/sip")
+    assert reg.top_via.transport == "WSS"
+    assert reg.paths[0].uri.transport == "ws"
+    # the upstream WebSocket server answers on the connection sipws dialled
+    proxy.receive_from_sip(response_to(reg, 200, "OK"), ("10.1.1.1", 8443), "wss")
+    assert out.last_flow().status == 200
+    assert_clean(proxy, clock)
+
+
+def test_route_to_our_websocket_address_is_ours():
+    from sipws.proxy.core import EdgeProxy
+    from sipws.proxy.flows import FlowTokens
+    from sipws.proxy.targets import LocalAddresses
+    from sipws.config import SipConfig
+    from twisted.internet.task import Clock
+    from .harness import Output
+
+    config = SipConfig()
+    local = LocalAddresses.from_config(config, also=[("ws.example.com", 443)])
+    clock, out = Clock(), Output()
+    proxy = EdgeProxy(config, clock, FlowTokens(b"k", b"n"), out, local=local)
+    data = capture("jssip_02_MESSAGE").replace(
+        b"Max-Forwards:", b"Route: <sip:ws.example.com:443;transport=ws;lr>\r\nMax-Forwards:")
+    proxy.receive_from_flow(7, data, CLIENT, "wss")
+    target, msg = out.last_sip()
+    assert target == UPSTREAM and not msg.has("route")
+    out.to_targets[-1][2]("x")
+    assert_clean(proxy, clock)
