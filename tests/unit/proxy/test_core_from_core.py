@@ -376,3 +376,41 @@ def test_non_sip_request_uri_without_token_gets_416_and_no_leak():
     assert answer.status == 416 and answer.to.tag
     assert proxy.counters["bad_input"] == 1
     assert_clean(proxy, clock)
+
+
+def test_2xx_retransmitted_by_the_client_relayed_statelessly_to_the_core():
+    proxy, clock, out = make_proxy()
+    path = registered(proxy, out)
+    proxy.receive_from_sip(core_invite(path), CORE, "udp")
+    inv = out.last_flow()
+    ok = response_to(inv, 200, "OK")
+    proxy.receive_from_flow(7, ok, CLIENT, "ws")
+    assert all(k[1] != "INVITE" for k in proxy.table.clients)  # INVITE ended with the 2xx
+    proxy.receive_from_flow(7, ok, CLIENT, "ws")  # JsSIP retransmits 2xx until the ACK
+    statuses = [(t, m.status) for t, m in out.sip_msgs()]
+    assert statuses == [(KAMAILIO, 100), (KAMAILIO, 200), (KAMAILIO, 200)]
+    assert proxy.counters["responses_stateless"] == 1
+    assert_clean(proxy, clock)
+
+
+def test_options_with_max_forwards_zero_to_us_answered():
+    proxy, clock, out = make_proxy()
+    data = core_invite("", ruri="sip:127.0.0.1:5062", method="OPTIONS").replace(
+        b"Max-Forwards: 69", b"Max-Forwards: 0")
+    proxy.receive_from_sip(data, CORE, "udp")
+    assert [m.status for _, m in out.sip_msgs()] == [200]
+    data = core_invite("", method="OPTIONS").replace(b"Max-Forwards: 69", b"Max-Forwards: 0")
+    proxy.receive_from_sip(data.replace(b"z9hG4bK292e", b"z9hG4bK292f"), CORE, "udp")
+    assert [m.status for _, m in out.sip_msgs()] == [200, 483]
+    assert_clean(proxy, clock)
+
+
+def test_malformed_request_from_core_gets_400_at_its_source():
+    proxy, clock, out = make_proxy()
+    data = core_invite("", method="MESSAGE").replace(b"Max-Forwards: 69", b"Max-Forwards: x")
+    proxy.receive_from_sip(data, ("10.0.0.7", 5070), "udp")
+    target, raw, _ = out.to_targets[-1]
+    assert target == Target("sip", "10.0.0.7", 5070, "udp")
+    assert raw.startswith(b"SIP/2.0 400 Bad Max-Forwards\r\n")
+    assert parse(raw).call_id == "1-6762@127.0.0.1"
+    assert_clean(proxy, clock)
