@@ -24,6 +24,8 @@ WS_TRANSPORTS = ("ws", "wss")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 #: Reserved top-level domain browsers use for their Via/Contact hosts (RFC 7118).
 INVALID_TLD = ".invalid"
+#: Listening hosts that mean "every address".
+_WILDCARDS = frozenset({"0.0.0.0", "::", "[::]"})
 
 
 class NoRoute(ProxyError):
@@ -188,6 +190,12 @@ class LocalAddresses:
     def from_config(cls, sip_config, also: Iterable[tuple[str, int]] = ()) -> "LocalAddresses":
         return cls([(x.transport, x.host, x.port) for x in sip_config.listen],
                    sip_config.advertise, also)
+
+    def needs_advertise(self) -> bool:
+        """A wildcard listener (0.0.0.0, ::) with no ``advertise``: we would
+        write an address nobody can reach into Via, Record-Route and Path.
+        The I/O layer should refuse to start or warn (its choice)."""
+        return not self._adv_host and any(h in _WILDCARDS for _, h, _ in self._listen)
 
     def transports(self) -> set[str]:
         return {t for t, _, _ in self._listen}

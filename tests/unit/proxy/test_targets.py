@@ -106,3 +106,10 @@ def test_from_config():
     local = LocalAddresses.from_config(SipConfig())
     assert local.transports() == {"udp", "tcp"}
     assert local.is_mine(parse_uri("sip:127.0.0.1:5062"))
+
+
+def test_wildcard_listener_needs_advertise():
+    assert LocalAddresses([("udp", "0.0.0.0", 5062)]).needs_advertise()
+    assert LocalAddresses([("udp", "::", 5062)]).needs_advertise()
+    assert not LocalAddresses([("udp", "0.0.0.0", 5062)], "sip.example.org").needs_advertise()
+    assert not make_local().needs_advertise()
