@@ -288,6 +288,10 @@ class EdgeProxy:
         out = req.copy()
         other = self._hairpin_token(self._pop_my_routes(out), inbound.conn_id)
         if other is not None:
+            if req.to.tag is None:
+                # Only a dialog's route set may lead straight to another client;
+                # an initial request must meet the core (its policy, its auth).
+                raise _Reject(403, "Flow Route Outside A Dialog")
             self._forward_to_flow(req, out, other, server, inbound)
             return
         target = self._next_hop_from_flow(out)
@@ -509,7 +513,7 @@ class EdgeProxy:
         cancel = build_cancel(client.request)
         cancel_ctx = _Context(ctx.server)
         cancel_ctx.send = ctx.send
-        cancel_ctx.out_flow = None  # a failing CANCEL reports nothing
+        cancel_ctx.out_flow = ctx.out_flow  # its answer must come from there
         _make_client(self.table, cancel, _LateSend(), client.reliable,
                      _CancelUser(), cancel_ctx)
         self.counters["cancels_sent"] += 1
@@ -526,6 +530,8 @@ class EdgeProxy:
             token = None
             if inbound.conn_id is not None:
                 token = self._hairpin_token(users, inbound.conn_id)
+                if token is not None and req.to.tag is None:
+                    raise _Reject(403)
                 if token is None:
                     target = self._next_hop_from_flow(out)
                     own = self.flows[inbound.conn_id].token
@@ -570,6 +576,14 @@ class EdgeProxy:
             return
         txn = self.table.find_client(resp)
         if txn is not None:
+            ctx = txn.context
+            if ctx is not None and ctx.out_flow != inbound.conn_id:
+                # Answered from another leg than the request went to (a client
+                # replaying a Via it saw): not ours to believe.
+                self.counters["responses_dropped"] += 1
+                log.warn("response {status} from {src} dropped: wrong leg",
+                         status=resp.status, src=inbound.describe())
+                return
             txn.receive_response(resp)
             return
         self._forward_response_stateless(resp, inbound)
@@ -588,6 +602,11 @@ class EdgeProxy:
             self.counters["responses_dropped"] += 1
             return
         token = ours.params.get(FLOW_VIA_PARAM)
+        if token and inbound.conn_id is not None:
+            # Our Vias toward clients never carry a flow: a client made this up.
+            self.counters["responses_dropped"] += 1
+            log.warn("response from {src} dropped: forged Via", src=inbound.describe())
+            return
         if token:
             try:
                 conn_id = self.tokens.check(token)

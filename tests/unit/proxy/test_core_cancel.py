@@ -124,6 +124,7 @@ def test_cancel_from_core_toward_flow_and_retransmitted_cancel():
     to_flow = out.last_flow()
     assert to_flow.method == "CANCEL" and to_flow.top_via.branch == inv.top_via.branch
     proxy.receive_from_flow(7, response_to(to_flow, 200, "OK"), CLIENT, "ws")
+    assert all(key[1] != "CANCEL" for key in proxy.table.clients)  # its 200 ended it
     proxy.receive_from_flow(7, response_to(inv, 487, "Request Terminated"), CLIENT, "ws")
     assert out.last_flow().method == "ACK"  # hop-by-hop ACK toward the client
     final = out.last_sip()[1]

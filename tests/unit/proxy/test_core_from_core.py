@@ -414,3 +414,32 @@ def test_malformed_request_from_core_gets_400_at_its_source():
     assert raw.startswith(b"SIP/2.0 400 Bad Max-Forwards\r\n")
     assert parse(raw).call_id == "1-6762@127.0.0.1"
     assert_clean(proxy, clock)
+
+
+def test_initial_request_with_another_flows_route_refused():
+    """A client that learnt another client's token (from a Record-Route) cannot
+    reach it around the core with a new request."""
+    proxy, clock, out = make_proxy()
+    registered(proxy, out, conn_id=1)
+    registered(proxy, out, conn_id=2)
+    t1 = proxy.tokens.make(1)
+    data = two_flow_bye(proxy, f"<sip:{t1}@127.0.0.1:5062;transport=ws;lr>").replace(
+        b";tag=a1", b"").replace(b"BYE", b"MESSAGE")
+    proxy.receive_from_flow(2, data, ("192.0.2.12", 4002), "ws")
+    conn_id, raw = out.to_flows[-1]
+    assert conn_id == 2 and parse(raw).status == 403
+    assert out.to_targets == [] and len(out.to_flows) == 1
+    assert_clean(proxy, clock)
+
+
+def test_response_from_a_client_with_a_forged_flow_via_dropped():
+    proxy, clock, out = make_proxy()
+    registered(proxy, out, conn_id=1)
+    proxy.receive_from_flow(1, capture("jssip_04_INVITE"), CLIENT, "ws")
+    _, inv = out.last_sip()
+    out.clear()
+    # client 2 sends a "200 OK" carrying the Via sipws wrote toward the core
+    proxy.receive_from_flow(2, response_to(inv, 200, "OK"), ("192.0.2.12", 4002), "ws")
+    assert out.to_flows == [] and out.to_targets == []
+    proxy.receive_from_sip(response_to(inv, 486, "Busy Here"), CORE, "udp")
+    assert_clean(proxy, clock)
