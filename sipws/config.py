@@ -143,6 +143,18 @@ class SipConfig:
 
 
 @dataclass(frozen=True)
+class ClientConfig:
+    """The WebSocket client role (sipws dialling ws:// and wss:// servers)."""
+
+    origin: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    certificate: str = ""
+    private_key: str = ""
+    max_queued_messages: int = 64
+    max_queued_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
 class TraceConfig:
     destination: str = ""
     on: bool = False
@@ -177,6 +189,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -381,6 +394,34 @@ def _endpoint_string(key: str, value: Any) -> str:
     return value
 
 
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Handshake headers sipws writes itself; configuring them would break the upgrade.
+_RESERVED_HEADERS = frozenset(
+    ("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+     "sec-websocket-protocol", "sec-websocket-extensions", "origin")
+)
+
+
+def _headers_table(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a table of header names to values, got {value!r}")
+    result = []
+    for name, text in value.items():
+        if not _HEADER_NAME_RE.match(name) or name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(key, f"bad or reserved header name {name!r}")
+        if not isinstance(text, str) or any(c in text for c in "\r\n"):
+            raise ConfigError(key, f"header {name!r} needs a one-line string value")
+        result.append((name, text))
+    return tuple(result)
+
+
+def _origin(key: str, value: Any) -> str:
+    value = _expect(key, value, str)
+    if value and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$", value):
+        raise ConfigError(key, f"must be an origin like https://sipws.example.com, got {value!r}")
+    return value
+
+
 def _trace_destination(key: str, value: Any) -> str:
     value = _expect(key, value, str)
     if not value:
@@ -509,6 +550,17 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "t1": _positive_float,
             "t2": _positive_float,
             "t4": _positive_float,
+        },
+    ),
+    "client": (
+        ClientConfig,
+        {
+            "origin": _origin,
+            "headers": _headers_table,
+            "certificate": _readable_path("file"),
+            "private_key": _readable_path("file"),
+            "max_queued_messages": _int_range(1, 100_000),
+            "max_queued_bytes": _int_range(1024, MAX_MESSAGE_SIZE * 16),
         },
     ),
     "trace": (

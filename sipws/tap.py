@@ -130,6 +130,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
         "sipws.logsetup",
         "sipws.trace.tracer",
         "sipws.transport.ws_server",
+        "sipws.transport.ws_client",
         "sipws.transport.relay",
         "sipws.admin.rpc",
     ):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipws.config import resolve_callable
@@ -50,6 +51,28 @@ def protocol_options(section: Any, handshake_timeout: float) -> dict[str, Any]:
         closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
         autoFragmentSize=0,
     )
+
+
+def wait_until_gone(root: Any, records: list[ConnectionRecord], grace: float) -> defer.Deferred:
+    """Fires once the records have left the table; aborts stragglers after ``grace`` seconds."""
+    reactor = root.reactor
+    done: defer.Deferred = defer.Deferred()
+    deadline = reactor.seconds() + grace
+
+    def check() -> None:
+        alive = [r for r in records if r.id in root.connections]
+        if not alive:
+            done.callback(None)
+        elif reactor.seconds() >= deadline:
+            for record in alive:
+                if record.protocol is not None:
+                    record.protocol.abort("shutdown")
+            reactor.callLater(0.05, lambda: done.called or done.callback(None))
+        else:
+            reactor.callLater(0.05, check)
+
+    check()
+    return done
 
 
 class ClosedHook:

@@ -27,9 +27,9 @@ from twisted.logger import Logger
 from sipws.config import Config, HostPort
 from sipws.tap import StartupError
 from sipws.transport import handshake
-from sipws.transport.connections import OPEN, SERVER, ConnectionRecord
+from sipws.transport.connections import OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
-from sipws.transport.ws_common import ClosedHook, SipWebSocketMixin, protocol_options
+from sipws.transport.ws_common import ClosedHook, SipWebSocketMixin, protocol_options, wait_until_gone
 
 log = Logger(namespace="sipws.ws")
 
@@ -263,29 +263,9 @@ class WsServerService(Service):
             protocol = record.protocol
             if protocol is not None:
                 protocol.close_connection(1001, "Going Away")
-        return defer.DeferredList(stopping).addCallback(lambda _: self._wait_closed(closing))
-
-    def _wait_closed(self, records: list[ConnectionRecord]) -> defer.Deferred:
-        """Fires when every closing connection is gone; aborts stragglers after a grace."""
-        reactor = self.root.reactor
-        done = defer.Deferred()
-        deadline = reactor.seconds() + SHUTDOWN_GRACE
-
-        def check() -> None:
-            alive = [r for r in records if r.id in self.root.connections]
-            if not alive:
-                done.callback(None)
-                return
-            if reactor.seconds() >= deadline:
-                for record in alive:
-                    if record.protocol is not None:
-                        record.protocol.abort("shutdown")
-                reactor.callLater(0.05, lambda: done.called or done.callback(None))
-                return
-            reactor.callLater(0.05, check)
-
-        check()
-        return done
+        return defer.DeferredList(stopping).addCallback(
+            lambda _: wait_until_gone(self.root, closing, SHUTDOWN_GRACE)
+        )
 
 
 def install(root: Any) -> None:

@@ -157,3 +157,20 @@ def test_upstream_forms():
     ):
         assert config_from_dict({"sip": {"upstream": value}}).sip.upstream == value
     assert "unsupported transport" in error_of({"sip": {"upstream": "sip:h;transport=sctp"}})
+
+
+def test_client_section():
+    config = config_from_dict({"client": {"origin": "https://sipws.example.com", "headers": {"X-Tenant": "blue"},
+                                          "max_queued_messages": 8}})
+    assert config.client.origin == "https://sipws.example.com"
+    assert config.client.headers == (("X-Tenant", "blue"),)
+    assert config.client.max_queued_messages == 8
+    assert error_of({"client": {"headers": {"Sec-WebSocket-Key": "x"}}}) == (
+        "config: [client] headers: bad or reserved header name 'Sec-WebSocket-Key'"
+    )
+    assert error_of({"client": {"headers": {"X-A": "a\r\nB: c"}}}) == (
+        "config: [client] headers: header 'X-A' needs a one-line string value"
+    )
+    assert error_of({"client": {"origin": "sipws.example.com"}}) == (
+        "config: [client] origin: must be an origin like https://sipws.example.com, got 'sipws.example.com'"
+    )
