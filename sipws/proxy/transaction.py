@@ -38,6 +38,7 @@ CALLING = "calling"
 TRYING = "trying"
 PROCEEDING = "proceeding"
 COMPLETED = "completed"
+ACCEPTED = "accepted"  # RFC 6026: INVITE server transaction after a 2xx
 CONFIRMED = "confirmed"
 TERMINATED = "terminated"
 
@@ -335,7 +336,7 @@ class ClientTransaction(_Transaction):
 
 
 class ServerTransaction(_Transaction):
-    """Server INVITE (timers G, H, I) and non-INVITE (J) transactions."""
+    """Server INVITE (timers G, H, I, and L of RFC 6026) and non-INVITE (J)."""
 
     __slots__ = ("last_response", "final_status", "_interval", "_on_terminated", "context")
 
@@ -354,6 +355,9 @@ class ServerTransaction(_Transaction):
 
     def respond(self, response: Response) -> None:
         """Send a response from the TU; the state machine follows it."""
+        if self.state == ACCEPTED and 200 <= response.status < 300:
+            self._send(bytes(response))  # RFC 6026: further 2xx pass through
+            return
         if self.state not in (TRYING, PROCEEDING):
             log.debug("response {status} after final ignored", status=response.status)
             return
@@ -369,7 +373,10 @@ class ServerTransaction(_Transaction):
         t = self.table.timers
         if self.is_invite:
             if status < 300:
-                self._terminate()
+                # RFC 6026 §8.5: stay for timer L, so a retransmitted INVITE is
+                # absorbed instead of being relayed again as a new request.
+                self.state = ACCEPTED
+                self._set("linger", t.h, self._terminate)  # timer L = 64*T1
                 return
             self.state = COMPLETED
             if not self.reliable:
@@ -402,6 +409,7 @@ class ServerTransaction(_Transaction):
                 else:
                     self._set("linger", self.table.timers.t4, self._terminate)  # timer I
             return
+        # ACCEPTED: a retransmitted INVITE is absorbed silently (RFC 6026 §8.7).
         if self.state in (PROCEEDING, COMPLETED) and self.last_response is not None:
             self._send(self.last_response)
 

@@ -393,6 +393,19 @@ def test_2xx_retransmitted_by_the_client_relayed_statelessly_to_the_core():
     assert_clean(proxy, clock)
 
 
+def test_invite_retransmitted_after_2xx_is_absorbed():
+    proxy, clock, out = make_proxy()
+    path = registered(proxy, out)
+    invite = core_invite(path)
+    proxy.receive_from_sip(invite, CORE, "udp")
+    inv = out.last_flow()
+    proxy.receive_from_flow(7, response_to(inv, 200, "OK"), CLIENT, "ws")
+    proxy.receive_from_sip(invite, CORE, "udp")  # crossed the 2xx on the wire
+    assert len(out.to_flows) == 1  # not relayed to the client again
+    assert [m.status for _, m in out.sip_msgs()] == [100, 200]
+    assert_clean(proxy, clock)
+
+
 def test_options_with_max_forwards_zero_to_us_answered():
     proxy, clock, out = make_proxy()
     data = core_invite("", ruri="sip:127.0.0.1:5062", method="OPTIONS").replace(

@@ -221,6 +221,16 @@ def test_server_invite_absorbs_retransmissions_and_resends_last():
     txn.receive_request(req)
     assert parse(sent[-1]).status == 180
     txn.respond(make_response(req, 200, to_tag="x"))
+    # RFC 6026 accepted state: INVITE retransmissions absorbed silently until timer L
+    assert txn.state == "accepted"
+    sent_before = len(sent)
+    txn.receive_request(req)
+    assert len(sent) == sent_before
+    txn.respond(make_response(req, 200, to_tag="y"))  # another 2xx passes through
+    assert len(sent) == sent_before + 1
+    clock.advance(64 * T.t1 - 0.01)
+    assert len(table) == 1
+    clock.advance(0.02)
     assert txn.state == TERMINATED and len(table) == 0
     finish(clock, table)
 
