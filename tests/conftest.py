@@ -20,3 +20,7 @@ def require_peer(name: str, hint: str) -> str:
     if path is None:
         pytest.fail(f"test peer {name!r} is not installed ({hint}); `make test` installs it")
     return path
+
+
+# A real sipws on 127.0.0.1:0 for integration and interop tests alike.
+from tests.integration.conftest import sipws_factory  # noqa: E402,F401
