@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 
 from sipws.proxy.errors import ProxyError
 from sipws.sip import SipUri
+from sipws.sip.uri import normalize_host
 
 #: Transports toward the SIP core.
 SIP_TRANSPORTS = ("udp", "tcp", "tls")
@@ -176,14 +177,14 @@ class LocalAddresses:
         adv_host, adv_port = _split_host_port(advertise) if advertise else (None, None)
         self._adv_host = adv_host.lower() if adv_host else None
         self._adv_port = adv_port
-        self._hosts = {_norm(h) for _, h, _ in self._listen}
+        self._hosts = {normalize_host(h) for _, h, _ in self._listen}
         self._ports = {p for _, _, p in self._listen}
         if self._adv_host:
-            self._hosts.add(_norm(self._adv_host))
+            self._hosts.add(normalize_host(self._adv_host))
         if adv_port is not None:
             self._ports.add(adv_port)
         for host, port in also:
-            self._hosts.add(_norm(host))
+            self._hosts.add(normalize_host(host))
             self._ports.add(port)
 
     @classmethod
@@ -223,7 +224,7 @@ class LocalAddresses:
 
     def is_mine(self, uri: SipUri) -> bool:
         """Does this Route / Request-URI designate us (host and port)?"""
-        if uri.scheme not in ("sip", "sips") or _norm(uri.host) not in self._hosts:
+        if uri.scheme not in ("sip", "sips") or normalize_host(uri.host) not in self._hosts:
             return False
         port = uri.port
         if port is None:
@@ -235,20 +236,8 @@ class LocalAddresses:
 
     def is_my_sent_by(self, host: str, port: Optional[int], transport: str) -> bool:
         """Is a Via sent-by ours (for responses and loop checks)?"""
-        if _norm(host) not in self._hosts:
+        if normalize_host(host) not in self._hosts:
             return False
         if port is None:
             port = DEFAULT_PORTS.get(transport.lower(), 5060)
         return port in self._ports
-
-
-def _norm(host: str) -> str:
-    host = host.lower().rstrip(".")
-    if host.startswith("["):
-        host = host[1:-1]
-    if ":" in host:
-        try:
-            return str(ipaddress.IPv6Address(host))
-        except ValueError:
-            return host
-    return host

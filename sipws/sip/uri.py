@@ -207,7 +207,7 @@ class SipUri:
             port = default_port if default_port is not None else self.default_port()
         if mine != port:
             return False
-        return _norm_host(self.host) == _norm_host(host)
+        return normalize_host(self.host) == normalize_host(host)
 
     def _cmp_params(self) -> dict[str, str]:
         return {k: (_unescape(v).lower() if v is not None else "") for k, v in self.params.items()}
@@ -218,7 +218,7 @@ class SipUri:
             return NotImplemented
         if (self.scheme != other.scheme or self.user != other.user
                 or self.password != other.password or self.port != other.port
-                or _norm_host(self.host) != _norm_host(other.host)):
+                or normalize_host(self.host) != normalize_host(other.host)):
             return False
         mine, theirs = self._cmp_params(), other._cmp_params()
         for name in _ALWAYS_COMPARED:
@@ -232,10 +232,11 @@ class SipUri:
         return hdrs(self) == hdrs(other)
 
     def __hash__(self) -> int:
-        return hash((self.scheme, self.user, self.password, _norm_host(self.host), self.port))
+        return hash((self.scheme, self.user, self.password, normalize_host(self.host), self.port))
 
 
-def _norm_host(host: str) -> str:
+def normalize_host(host: str) -> str:
+    """Host for comparison (RFC 3261 §19.1.4): lower case, no trailing dot, canonical IPv6."""
     host = host.lower().rstrip(".") if host else host
     if host.startswith("["):
         host = host[1:-1]

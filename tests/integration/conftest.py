@@ -7,6 +7,7 @@ from typing import Any, Callable
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
+from twisted.logger import formatEvent, globalLogPublisher
 
 from sipws.config import config_from_dict
 from sipws.tap import SipwsService, build_service
@@ -69,3 +70,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, step: float =
         if reactor.seconds() > deadline:
             raise AssertionError("condition not met in time")
         yield sleep(step)
+
+
+@pytest.fixture
+def sipws_log():
+    """The formatted text of every sipws log event emitted during the test."""
+    lines: list[str] = []
+
+    def observer(event):
+        if event.get("log_namespace", "").startswith("sipws"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)

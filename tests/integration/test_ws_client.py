@@ -6,7 +6,6 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer, protocol, reactor
-from twisted.logger import formatEvent, globalLogPublisher
 
 from sipws.transport.connections import CLIENT
 from sipws.transport.ws_client import ClientConnectError, WsTarget, target_from_uri, target_from_url
@@ -143,19 +142,6 @@ def test_queue_bound(pair):
     yield timed(defer.gatherResults(ok))
 
 
-@pytest.fixture
-def logged():
-    lines = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("sipws"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    yield lines
-    globalLogPublisher.removeObserver(observer)
-
-
 def wss_server(sipws_factory, cert):
     server = sipws_factory({"ws": {"listen": []}, "wss": {"listen": ["127.0.0.1:0"], "certificate": cert.cert,
                                                           "private_key": cert.key}})
@@ -175,7 +161,7 @@ def test_wss_verified_against_ca_list(sipws_factory, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_wss_certificate_for_another_host_is_refused_and_logged(sipws_factory, tmp_path, logged):
+def test_wss_certificate_for_another_host_is_refused_and_sipws_log(sipws_factory, tmp_path, sipws_log):
     ca = CertificateAuthority(tmp_path / "pki")
     server = wss_server(sipws_factory, ca.issue("server", ["other.example.com"]))
     dialler = sipws_factory({"ws": {"listen": []}, "wss": {"ca_list": ca.path}})
@@ -183,15 +169,15 @@ def test_wss_certificate_for_another_host_is_refused_and_logged(sipws_factory, t
         yield timed(dialler.ws_client.send(WsTarget("localhost", port_of(server, "wss"), True, "/"), MESSAGE % 1))
     assert info.value.status == 503
     assert server.received == []
-    assert any("cannot connect to wss://localhost" in line and "certificate" in line.lower() for line in logged), logged
+    assert any("cannot connect to wss://localhost" in line and "certificate" in line.lower() for line in sipws_log), sipws_log
 
 
 @pytest_twisted.inlineCallbacks
-def test_verify_server_false_connects_and_warns(sipws_factory, tmp_path, logged):
+def test_verify_server_false_connects_and_warns(sipws_factory, tmp_path, sipws_log):
     ca = CertificateAuthority(tmp_path / "pki")
     server = wss_server(sipws_factory, ca.issue("server", ["other.example.com"]))
     dialler = sipws_factory({"ws": {"listen": []}, "wss": {"verify_server": False}})
-    assert any("verify_server = false" in line for line in logged)
+    assert any("verify_server = false" in line for line in sipws_log)
     yield timed(dialler.ws_client.send(WsTarget("localhost", port_of(server, "wss"), True, "/"), MESSAGE % 1))
     yield wait_for(lambda: server.received == [MESSAGE % 1])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.integration.conftest import in_thread, port_of, wait_for
 from tests.integration.wsclient import RawWs, good_headers
@@ -30,19 +29,6 @@ def with_(name: str, value: str) -> dict[str, str]:
     return headers
 
 
-@pytest.fixture
-def captured_log():
-    lines: list[str] = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("sipws"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    yield lines
-    globalLogPublisher.removeObserver(observer)
-
-
 REFUSALS = [
     ("wrong path", dict(path="/other"), 404, {}),
     ("POST", dict(method="POST"), 405, {}),
@@ -66,7 +52,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize("name, kwargs, status, headers", REFUSALS, ids=[r[0] for r in REFUSALS])
 @pytest_twisted.inlineCallbacks
-def test_refusals(sipws_factory, captured_log, name, kwargs, status, headers):
+def test_refusals(sipws_factory, sipws_log, name, kwargs, status, headers):
     root = sipws_factory()
     got_status, got_headers, raw = yield in_thread(exchange, port_of(root), **kwargs)
     assert got_status == status
@@ -75,7 +61,7 @@ def test_refusals(sipws_factory, captured_log, name, kwargs, status, headers):
     assert "server" not in got_headers
     assert b"autobahn" not in raw.lower() and b"<html" not in raw.lower()
     yield wait_for(lambda: len(root.connections) == 0)
-    refused = [line for line in captured_log if "handshake refused from 127.0.0.1:" in line]
+    refused = [line for line in sipws_log if "handshake refused from 127.0.0.1:" in line]
     assert len(refused) == 1 and f"status={status}" in refused[0]
     assert root.stats.get("ws.handshakes_failed") == 1
 
@@ -165,12 +151,12 @@ def silent_client(port: int) -> bool:
 
 
 @pytest_twisted.inlineCallbacks
-def test_handshake_timeout_drops_silent_client(sipws_factory, captured_log):
+def test_handshake_timeout_drops_silent_client(sipws_factory, sipws_log):
     root = sipws_factory({"ws": {"handshake_timeout": 0.3}})
     dropped = yield in_thread(silent_client, port_of(root))
     assert dropped
     yield wait_for(lambda: len(root.connections) == 0)
-    assert any("handshake timeout from 127.0.0.1:" in line for line in captured_log)
+    assert any("handshake timeout from 127.0.0.1:" in line for line in sipws_log)
 
 
 @pytest_twisted.inlineCallbacks

@@ -6,7 +6,6 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.integration import closed_hook
 from tests.integration.conftest import in_thread, port_of, sleep, wait_for
@@ -212,23 +211,13 @@ def test_closed_event_fires_once_for_every_way_of_ending(sipws_factory, hook_eve
 
 
 @pytest_twisted.inlineCallbacks
-def test_closed_event_exception_is_logged_not_raised(sipws_factory, hook_events):
-    lines = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("sipws"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    try:
-        root = sipws_factory({"events": {"on_closed": "tests.integration.closed_hook:explode"}})
-        client = yield in_thread(open_client, port_of(root))
-        client.reset()
-        yield wait_for(lambda: hook_events and len(root.connections) == 0)
-        # the server still works afterwards
-        client = yield in_thread(open_client, port_of(root))
-        client.shutdown()
-    finally:
-        globalLogPublisher.removeObserver(observer)
-    assert any("on_closed raised" in line for line in lines)
-    assert any(line.startswith("closed #") for line in lines)
+def test_closed_event_exception_is_logged_not_raised(sipws_factory, hook_events, sipws_log):
+    root = sipws_factory({"events": {"on_closed": "tests.integration.closed_hook:explode"}})
+    client = yield in_thread(open_client, port_of(root))
+    client.reset()
+    yield wait_for(lambda: hook_events and len(root.connections) == 0)
+    # the server still works afterwards
+    client = yield in_thread(open_client, port_of(root))
+    client.shutdown()
+    assert any("on_closed raised" in line for line in sipws_log)
+    assert any(line.startswith("closed #") for line in sipws_log)
