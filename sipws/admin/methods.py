@@ -1,0 +1,392 @@
+"""The admin methods: what ``ws.dump``, ``ws.close``, ``trace``... do.
+
+Each method is a plain function ``(root, **params) -> result`` registered in
+``METHODS`` with the parameters it takes, so the JSON-RPC layer (``rpc.py``)
+only binds positional or named params, checks their types and maps
+exceptions to error objects.  Results are JSON-able dicts; ``ws.connect``
+returns a Deferred firing with one.
+
+Errors a caller can cause raise ``AdminError`` subclasses carrying their
+JSON-RPC error code; anything else is a bug and becomes -32603 without
+details on the wire (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sipws import __version__
+from sipws.errors import SipwsError
+from sipws.trace.errors import TraceNotConfigured
+from sipws.transport.connections import ConnectionRecord
+from sipws.transport.ws_common import MAX_CLOSE_REASON, close_code_allowed
+
+log = Logger(namespace="sipws.admin")
+
+# -- JSON-RPC 2.0 error codes -----------------------------------------------------
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: Implementation-defined server errors (-32000 to -32099).
+NO_SUCH_CONNECTION = -32001
+NOT_OPEN = -32002
+NOT_AVAILABLE = -32003
+CONNECT_FAILED = -32004
+
+# -- limits and defaults ------------------------------------------------------------
+
+#: Connections ws.dump lists when no limit is given.
+DEFAULT_DUMP_LIMIT = 50
+DUMP_ORDERS = ("id_hash", "used_desc", "used_asc")
+DEFAULT_CLOSE_CODE = 1000
+DEFAULT_CLOSE_REASON = "Normal closure"
+
+#: Counters every ``stats`` answer and ``/metrics`` page carries, 0 until counted,
+#: so dashboards and alerts see the series from the first scrape.
+KNOWN_COUNTERS = (
+    "ws.handshakes_ok",
+    "ws.handshakes_failed",
+    "ws.handshake_timeouts",
+    "ws.closed_local",
+    "ws.closed_remote",
+    "ws.frames_in",
+    "ws.frames_out",
+    "ws.messages_in",
+    "ws.messages_out",
+    "ws.bytes_in",
+    "ws.bytes_out",
+    "ws.keepalive_timeouts",
+    "ws.send_timeouts",
+    "ws.crlf_keepalives",
+    "trace.packets_sent",
+    "trace.packets_dropped",
+)
+
+
+class AdminError(SipwsError):
+    """A request the admin interface refuses; ``code`` is its JSON-RPC error code."""
+
+    code = INTERNAL_ERROR
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+
+class InvalidParams(AdminError):
+    code = INVALID_PARAMS
+
+
+class NoSuchConnection(AdminError):
+    code = NO_SUCH_CONNECTION
+
+    def __init__(self, conn_id: int) -> None:
+        super().__init__(f"no connection with id {conn_id}")
+        self.conn_id = conn_id
+
+
+# -- parameter binding ----------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its name, a checker turning the raw JSON value into the typed one."""
+
+    name: str
+    check: Callable[[str, Any], Any]
+    default: Any = _REQUIRED
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    function: Callable[..., Any]
+    params: tuple[Param, ...] = field(default_factory=tuple)
+    #: Changes state: logged at info with the caller's address.
+    mutating: bool = False
+
+
+def bind(method: Method, params: Any) -> dict[str, Any]:
+    """JSON-RPC params (absent, array or object) → keyword arguments, or InvalidParams."""
+    spec = method.params
+    raw: dict[str, Any] = {}
+    if params is None:
+        pass
+    elif isinstance(params, list):
+        if len(params) > len(spec):
+            raise InvalidParams(f"{method.name} takes at most {len(spec)} parameter(s), got {len(params)}")
+        raw = {p.name: value for p, value in zip(spec, params)}
+    elif isinstance(params, dict):
+        known = {p.name for p in spec}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise InvalidParams(f"{method.name}: unknown parameter {unknown[0]!r}")
+        raw = dict(params)
+    else:
+        raise InvalidParams("params must be an array or an object")
+    bound: dict[str, Any] = {}
+    for p in spec:
+        if p.name in raw:
+            bound[p.name] = p.check(p.name, raw[p.name])
+        elif p.default is _REQUIRED:
+            raise InvalidParams(f"{method.name}: missing parameter {p.name!r}")
+        else:
+            bound[p.name] = p.default
+    return bound
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        # JSON has one number type: 7.0 is accepted as 7, 7.5 and true are not.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise InvalidParams(f"{name}: must be an integer, got {value!r}")
+        value = int(value)
+        if minimum is not None and value < minimum:
+            raise InvalidParams(f"{name}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise InvalidParams(f"{name}: must be <= {maximum}, got {value}")
+        return value
+
+    return check
+
+
+def _str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidParams(f"{name}: must be a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise InvalidParams(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _on_off(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    raise InvalidParams(f"{name}: must be on or off, got {value!r}")
+
+
+def _close_code(name: str, value: Any) -> int:
+    code = _int()(name, value)
+    if not close_code_allowed(code):
+        raise InvalidParams(f"{name}: close code {code} may not be sent (1000-1003, 1007-1011, 3000-4999)")
+    return code
+
+
+def _close_reason(name: str, value: Any) -> str:
+    reason = _str(name, value)
+    if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
+        raise InvalidParams(f"{name}: at most {MAX_CLOSE_REASON} bytes in UTF-8")
+    return reason
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _record(root: Any, conn_id: int) -> ConnectionRecord:
+    record = root.connections.get(conn_id)
+    if record is None or record.protocol is None:
+        raise NoSuchConnection(conn_id)
+    return record
+
+
+def _now(root: Any) -> float:
+    return root.reactor.seconds()
+
+
+def counters(root: Any) -> dict[str, int]:
+    """Every counter so far, with the known ones present even while 0."""
+    values = {name: 0 for name in KNOWN_COUNTERS}
+    values.update(root.stats.snapshot())
+    return dict(sorted(values.items()))
+
+
+def open_connections(root: Any) -> dict[tuple[str, str], int]:
+    """Open connections by (transport, role), every combination present."""
+    from sipws.transport.connections import CLIENT, SERVER
+
+    counts = {(transport, role): 0 for transport in ("ws", "wss") for role in (SERVER, CLIENT)}
+    for record in root.connections.values():
+        key = (record.transport, record.role)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def relay_stats(root: Any) -> dict[str, Any] | None:
+    """The SIP relay's own figures, when a relay with ``stats()`` is installed."""
+    relay = getattr(root, "relay", None)
+    stats = getattr(relay, "stats", None)
+    if not callable(stats):
+        return None
+    result = stats()
+    return result if isinstance(result, dict) else None
+
+
+def tracer_stats(root: Any) -> dict[str, Any]:
+    stats = getattr(root.tracer, "stats", None)
+    result = stats() if callable(stats) else None
+    if not isinstance(result, dict):
+        return {"enabled": bool(getattr(root.tracer, "enabled", False)), "state": "unconfigured"}
+    return result
+
+
+# -- the methods ----------------------------------------------------------------------
+
+
+def ws_dump(root: Any, order: str = "id_hash", limit: int = DEFAULT_DUMP_LIMIT) -> dict[str, Any]:
+    """Connections in id order, most recently used first, or least recently used first."""
+    records = list(root.connections.values())
+    if order == "used_desc":
+        records.sort(key=lambda r: (-r.last_used, r.id))
+    elif order == "used_asc":
+        records.sort(key=lambda r: (r.last_used, r.id))
+    now = _now(root)
+    return {
+        "connections": [record.as_dict(now) for record in records[:limit]],
+        "total": len(records),
+        "truncated": len(records) > limit,
+    }
+
+
+def ws_close(root: Any, id: int, code: int = DEFAULT_CLOSE_CODE, reason: str = DEFAULT_CLOSE_REASON) -> dict[str, Any]:
+    """Start the close handshake (a connection still in its handshake is dropped)."""
+    record = _record(root, id)
+    record.protocol.close_connection(code, reason)
+    return {"id": id, "code": code, "reason": reason, "state": record.state}
+
+
+def ws_ping(root: Any, id: int) -> dict[str, Any]:
+    """One Ping frame carrying ``[keepalive] ping_data``."""
+    record = _record(root, id)
+    payload = root.config.keepalive.ping_data
+    if not record.protocol.send_ping(payload.encode("utf-8")):
+        raise AdminError(f"connection {id} is not open (state {record.state})", NOT_OPEN)
+    return {"id": id, "sent": "ping", "payload": payload}
+
+
+def ws_pong(root: Any, id: int) -> dict[str, Any]:
+    """One unsolicited Pong frame carrying ``[keepalive] ping_data`` (RFC 6455 §5.5.3)."""
+    record = _record(root, id)
+    payload = root.config.keepalive.ping_data
+    if not record.protocol.send_pong(payload.encode("utf-8")):
+        raise AdminError(f"connection {id} is not open (state {record.state})", NOT_OPEN)
+    return {"id": id, "sent": "pong", "payload": payload}
+
+
+def ws_disable(root: Any) -> dict[str, Any]:
+    root.set_accepting(False)
+    return {"accepting": False}
+
+
+def ws_enable(root: Any) -> dict[str, Any]:
+    root.set_accepting(True)
+    return {"accepting": True}
+
+
+def ws_connect(root: Any, url: str) -> defer.Deferred:
+    """Open (or reuse) a client-role connection; fires with its record."""
+    client = getattr(root, "ws_client", None)
+    if client is None:
+        raise AdminError("the WebSocket client role is not available", NOT_AVAILABLE)
+    try:
+        dialled = client.connect(url)
+    except ValueError as exc:
+        raise InvalidParams(f"url: {exc}") from None
+
+    def opened(record: ConnectionRecord) -> dict[str, Any]:
+        return record.as_dict(_now(root))
+
+    def failed(failure: Any) -> None:
+        if failure.check(defer.CancelledError, defer.TimeoutError):
+            raise AdminError(f"cannot connect to {url}: timed out", CONNECT_FAILED)
+        raise AdminError(f"cannot connect to {url}: {failure.getErrorMessage()}", CONNECT_FAILED)
+
+    return dialled.addCallbacks(opened, failed)
+
+
+def trace(root: Any, state: bool | None = None) -> dict[str, Any]:
+    """Switch HEP tracing on or off; with no argument, report it."""
+    tracer = root.tracer
+    if state is not None:
+        try:
+            tracer.set_enabled(state)
+        except TraceNotConfigured as exc:
+            raise AdminError(str(exc), NOT_AVAILABLE) from None
+    return {"trace": "on" if tracer.enabled else "off"}
+
+
+def stats(root: Any) -> dict[str, Any]:
+    """Counters, connection gauges, server state, tracing, and the relay's figures."""
+    by_kind = open_connections(root)
+    result: dict[str, Any] = {
+        "connections": {
+            "current": len(root.connections),
+            "max": root.connections.max_concurrent,
+            **{f"{transport}_{role}": count for (transport, role), count in sorted(by_kind.items())},
+        },
+        "accepting": bool(root.accepting),
+        "counters": counters(root),
+        "trace": tracer_stats(root),
+    }
+    sip = relay_stats(root)
+    if sip is not None:
+        result["sip"] = sip
+    return result
+
+
+def version(root: Any) -> dict[str, Any]:
+    return {"name": "sipws", "version": __version__}
+
+
+_ID = Param("id", _int(minimum=1))
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "ws.dump",
+            ws_dump,
+            (Param("order", _choice(*DUMP_ORDERS), "id_hash"), Param("limit", _int(minimum=1), DEFAULT_DUMP_LIMIT)),
+        ),
+        Method(
+            "ws.close",
+            ws_close,
+            (_ID, Param("code", _close_code, DEFAULT_CLOSE_CODE), Param("reason", _close_reason, DEFAULT_CLOSE_REASON)),
+            mutating=True,
+        ),
+        Method("ws.ping", ws_ping, (_ID,), mutating=True),
+        Method("ws.pong", ws_pong, (_ID,), mutating=True),
+        Method("ws.disable", ws_disable, mutating=True),
+        Method("ws.enable", ws_enable, mutating=True),
+        Method("ws.connect", ws_connect, (Param("url", _str),), mutating=True),
+        Method("trace", trace, (Param("state", _on_off, None),), mutating=True),
+        Method("stats", stats),
+        Method("version", version),
+    )
+}
+
+
+def call(root: Any, name: str, params: Any) -> Any:
+    """Bind and run one method; raises AdminError (with a code) for the caller's mistakes."""
+    method = METHODS.get(name)
+    if method is None:
+        raise AdminError(f"method not found: {name}", METHOD_NOT_FOUND)
+    return method.function(root, **bind(method, params))
