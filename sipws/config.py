@@ -611,6 +611,8 @@ def _check_cross(config: Config) -> None:
             raise ConfigError("[wss] certificate", "required when [wss] listen is set")
         if not os.path.isdir(wss.certificate) and not wss.private_key:
             raise ConfigError("[wss] private_key", "required when [wss] certificate is a file")
+    if any(entry.transport == "tls" for entry in config.sip.listen) and not wss.certificate:
+        raise ConfigError("[sip] listen", "tls: entries need [wss] certificate and private_key")
     if wss.require_client_cert and not wss.ca_list:
         raise ConfigError("[wss] ca_list", "required when require_client_cert is true")
 

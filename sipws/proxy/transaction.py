@@ -150,6 +150,17 @@ class TransactionTable:
     def __len__(self) -> int:
         return len(self.clients) + len(self.servers)
 
+    def clear(self) -> int:
+        """Drop every transaction and cancel its timers (service shutdown);
+        returns how many there were.  Nothing is sent."""
+        count = len(self)
+        for txn in [*self.clients.values(), *self.servers.values()]:
+            txn._cancel_all()
+            txn.state = TERMINATED
+        self.clients.clear()
+        self.servers.clear()
+        return count
+
     def find_server(self, request: Request) -> Optional["ServerTransaction"]:
         """The server transaction a request belongs to (retransmission, ACK)."""
         return self.servers.get(server_key(request))

@@ -114,13 +114,22 @@ def test_bad_addresses(text):
     assert str(info.value).startswith("config: [ws] listen: ")
 
 
-def test_sip_listen_entries():
-    config = config_from_dict({"sip": {"listen": ["udp:[::1]:5070", "tls:127.0.0.1", "tcp:0.0.0.0:5060"]}})
+def test_sip_listen_entries(tmp_path):
+    pem = tmp_path / "both.pem"
+    pem.write_text("not checked here")
+    config = config_from_dict({"sip": {"listen": ["udp:[::1]:5070", "tls:127.0.0.1", "tcp:0.0.0.0:5060"]},
+                               "wss": {"certificate": str(pem), "private_key": str(pem)}})
     assert config.sip.listen == (
         SipListen("udp", "::1", 5070),
         SipListen("tls", "127.0.0.1", 5061),
         SipListen("tcp", "0.0.0.0", 5060),
     )
+
+
+def test_sip_tls_listener_needs_a_certificate():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"sip": {"listen": ["tls:127.0.0.1:5061"]}})
+    assert str(info.value) == "config: [sip] listen: tls: entries need [wss] certificate and private_key"
 
 
 def test_origins_are_normalised():

@@ -1,0 +1,290 @@
+"""The relay's I/O: wires the pure edge proxy to every socket.
+
+``install(root)`` adds the ``Relay`` service, which
+
+- binds the ``[sip] listen`` sockets (UDP, TCP, TLS) toward the SIP core;
+- builds ``sipws.proxy.EdgeProxy`` with the addresses actually bound (port 0
+  in a test becomes the real port in Via, Record-Route and Path), the
+  WebSocket listeners counted as "ours" for Route matching;
+- takes every complete WebSocket message from the hub (``root.deliver``):
+  messages on connections browsers opened are flows, messages on connections
+  sipws dialled (a ws:// upstream) are SIP-side input like UDP or TCP;
+- tells the proxy about every closed connection (``flow_closed``), so a
+  request pending toward it gets 430 and no flow outlives its connection;
+- carries out the proxy's output: to a WebSocket connection by id, or to a
+  Target resolved per RFC 3263 and sent over UDP, TCP, TLS, or the client
+  role's WebSocket connection;
+- counts ``sip.messages_in.<transport>`` / ``sip.messages_out.<transport>``
+  and traces the SIP side to HEP (the WebSocket side is traced where frames
+  are read and written).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Optional
+
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.logger import Logger
+
+from sipws.proxy import EdgeProxy, FlowTokens, LocalAddresses
+from sipws.proxy.targets import Target
+from sipws.sip.limits import Limits
+from sipws.tap import StartupError
+from sipws.transport.connections import CLIENT, SERVER, ConnectionRecord
+from sipws.transport.resolver import ResolveError, SipResolver
+from sipws.transport.sip_stream import StreamPool, SipStreamProtocol
+from sipws.transport.sip_udp import SipUdpProtocol, listen_udp
+
+log = Logger(namespace="sipws.transport.relay")
+
+OnError = Optional[Callable[[str], None]]
+#: Listen backlog of the SIP TCP/TLS sockets.
+LISTEN_BACKLOG = 511
+
+
+class Relay(Service):
+    """The SIP relay service: sockets toward the core plus the edge proxy."""
+
+    name = "relay"
+
+    def __init__(self, root: Any, dns_resolver: Any = None) -> None:
+        self.root = root
+        self.config = root.config
+        self.reactor = root.reactor
+        self.counters = root.stats
+        self.tokens = FlowTokens(self.config.sip.flow_token_secret or None)
+        self.resolver = SipResolver(self.reactor, dns_resolver)
+        self.udp: list[SipUdpProtocol] = []
+        self.pool = StreamPool(self.reactor, self._received, self.counters,
+                               Limits.from_config(self.config.sip), self._tls_client_options,
+                               self.config.wss.tls_handshake_timeout)
+        self.pool.on_sent = self._stream_sent
+        self.proxy: Optional[EdgeProxy] = None
+        self._listening: list[Any] = []
+        self._tls_server_options: Any = None
+        self._tls_client_cache: dict[str, Any] = {}
+
+    # -- start and stop --------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        bound = [self._listen(entry.transport, entry.host, entry.port) for entry in self.config.sip.listen]
+        also = [(port.getHost().host, port.getHost().port)
+                for kind in ("ws", "wss") for port in self.root.listening(kind)]
+        local = LocalAddresses(bound, self.config.sip.advertise, also)
+        if local.needs_advertise():
+            log.warn("[sip] listen has a wildcard address and [sip] advertise is empty: "
+                     "Via, Record-Route and Path will carry an address the core cannot reach")
+        self.proxy = EdgeProxy(self.config.sip, self.reactor, self.tokens, self, local=local)
+        self.root.set_message_handler(self.from_websocket)
+        self.root.connections.on_removed(self._connection_closed)
+        super().privilegedStartService()
+
+    def _listen(self, transport: str, host: str, port: int) -> tuple[str, str, int]:
+        reactor = self.reactor
+        try:
+            if transport == "udp":
+                protocol, listening = listen_udp(reactor, host, port, self._received)
+                self.udp.append(protocol)
+            elif transport == "tcp":
+                listening = reactor.listenTCP(port, self.pool.factory("tcp"), backlog=LISTEN_BACKLOG,
+                                              interface=host)
+            else:
+                listening = reactor.listenSSL(port, self.pool.factory("tls"), self._server_tls(),
+                                              backlog=LISTEN_BACKLOG, interface=host)
+        except error.CannotListenError as exc:
+            why = getattr(exc.socketError, "strerror", None) or exc.socketError
+            raise StartupError(f"[sip] listen: cannot listen on {transport}:{host}:{port}: {why}") from None
+        self._listening.append(listening)
+        self.root.ports.setdefault(f"sip-{transport}", []).append(listening)
+        actual = listening.getHost()
+        log.info("listening sip {transport} on {host}:{port}", transport=transport,
+                 host=actual.host, port=actual.port)
+        return (transport, host, actual.port)
+
+    def _server_tls(self) -> Any:
+        if self._tls_server_options is None:
+            from sipws.transport.tls import server_tls_options
+
+            self._tls_server_options = server_tls_options(self.config.wss)
+        return self._tls_server_options
+
+    def _tls_client_options(self, server_name: str) -> Any:
+        options = self._tls_client_cache.get(server_name)
+        if options is None:
+            from sipws.transport.tls import client_tls_options
+
+            wss, client = self.config.wss, self.config.client
+            options = client_tls_options(server_name, wss.ca_list, wss.verify_server, client.certificate,
+                                         client.private_key, wss.min_tls_version)
+            self._tls_client_cache[server_name] = options
+        return options
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.pool.stop()
+        if self.proxy is not None:
+            dropped = self.proxy.table.clear()
+            if dropped:
+                log.info("stopping with {count} open transactions", count=dropped)
+        stopping = [port.stopListening() for port in self._listening]
+        self._listening.clear()
+        self.udp.clear()
+        for kind in ("sip-udp", "sip-tcp", "sip-tls"):
+            self.root.ports.pop(kind, None)
+        from twisted.internet import defer
+
+        return defer.gatherResults([d for d in stopping if d is not None])
+
+    # -- input ---------------------------------------------------------------------------
+
+    def from_websocket(self, record: ConnectionRecord, data: bytes) -> None:
+        """One complete WebSocket message (already traced and counted as WS traffic)."""
+        if self.proxy is None:
+            return
+        self.counters.incr("sip.messages_in." + record.transport)
+        if record.role == SERVER:
+            self.proxy.receive_from_flow(record.id, data, record.remote, record.transport)
+        else:
+            self.proxy.receive_from_sip(data, record.remote, record.transport)
+
+    def _received(self, data: bytes, source: tuple[str, int], transport: str, via: Any) -> None:
+        """One UDP datagram or framed TCP/TLS message from the SIP side."""
+        if self.proxy is None:
+            return
+        self.counters.incr("sip.messages_in." + transport)
+        tracer = self.root.tracer
+        if tracer.enabled:
+            tracer.sip_message(None, "in", transport, source, _local_of(via), data)
+        self.proxy.receive_from_sip(data, source, transport)
+
+    def _connection_closed(self, record: ConnectionRecord) -> None:
+        if self.proxy is not None and record.role == SERVER:
+            self.proxy.flow_closed(record.id)
+
+    # -- output (sipws.proxy.core.ProxyOutput) ---------------------------------------------
+
+    def send_to_flow(self, conn_id: int, data: bytes) -> bool:
+        record = self.root.connections.get(conn_id)
+        if record is None or record.protocol is None:
+            return False
+        if not record.protocol.send_message(data):
+            return False
+        self.counters.incr("sip.messages_out." + record.transport)
+        return True
+
+    def send_to_target(self, target: Target, data: bytes, on_error: OnError) -> None:
+        if target.is_ws:
+            self._send_ws(target, data, on_error)
+            return
+        if not target.dialable:
+            _report(on_error, f"{target.host} is not dialable")
+            return
+        d = self.resolver.resolve(target)
+        d.addCallbacks(self._send_resolved, self._resolve_failed,
+                       callbackArgs=(target, data, on_error), errbackArgs=(target, on_error))
+
+    def _resolve_failed(self, failure: Any, target: Target, on_error: OnError) -> None:
+        reason = failure.getErrorMessage() if failure.check(ResolveError) else f"DNS: {failure.getErrorMessage()}"
+        log.warn("cannot resolve {target}: {reason}", target=str(target), reason=reason)
+        self.counters.incr("sip.dns_failures")
+        _report(on_error, reason)
+
+    def _send_resolved(self, addresses: list[tuple[str, int]], target: Target, data: bytes,
+                       on_error: OnError) -> None:
+        address = addresses[0]
+        if target.transport == "udp":
+            sock = self._udp_for(address[0])
+            if sock is None:
+                _report(on_error, f"no UDP socket for {address[0]}")
+                return
+            if sock.send(data, address, on_error):
+                self.counters.incr("sip.messages_out.udp")
+                tracer = self.root.tracer
+                if tracer.enabled:
+                    tracer.sip_message(None, "out", "udp", sock.local, address, data)
+            return
+        if target.transport in ("tcp", "tls"):
+            server_name = target.host if not target.is_numeric else address[0]
+            self.pool.send(target.transport, address, data, on_error, server_name)
+            return
+        _report(on_error, f"unsupported transport {target.transport}")
+
+    def _udp_for(self, host: str) -> Optional[SipUdpProtocol]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for sock in self.udp:
+            if sock.family == family and sock.transport is not None:
+                return sock
+        return None
+
+    def _stream_sent(self, protocol: SipStreamProtocol, data: bytes) -> None:
+        self.counters.incr("sip.messages_out." + protocol.transport_name)
+        tracer = self.root.tracer
+        if tracer.enabled:
+            tracer.sip_message(None, "out", protocol.transport_name, _local_of(protocol), protocol.peer, data)
+
+    def _send_ws(self, target: Target, data: bytes, on_error: OnError) -> None:
+        """A ws:// upstream or a ``transport=ws`` next hop: the client role's connection."""
+        record = self.root.connections.by_address(target.host, target.port_or_default, target.transport)
+        if record is not None and record.role == CLIENT and record.protocol is not None:
+            if record.protocol.send_message(data):
+                self.counters.incr("sip.messages_out." + target.transport)
+                return
+        client = getattr(self.root, "ws_client", None)
+        if client is None:
+            _report(on_error, "no WebSocket client role")
+            return
+        from sipws.transport.ws_client import WsTarget
+
+        secure = target.transport == "wss"
+        section = self.config.wss if secure else self.config.ws
+        resource = target.resource if target.resource != "/" else section.resource
+        ws_target = WsTarget(target.host, target.port_or_default, secure, resource)
+
+        def sent(result: Any) -> None:
+            self.counters.incr("sip.messages_out." + target.transport)
+
+        def failed(failure: Any) -> None:
+            reason = getattr(failure.value, "reason", None) or failure.getErrorMessage()
+            _report(on_error, reason)
+
+        client.send(ws_target, data).addCallbacks(sent, failed)
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What the admin ``stats`` method shows under "sip"."""
+        proxy = self.proxy
+        return {
+            "transactions": len(proxy.table) if proxy else 0,
+            "client_transactions": len(proxy.table.clients) if proxy else 0,
+            "server_transactions": len(proxy.table.servers) if proxy else 0,
+            "flows": len(proxy.flows) if proxy else 0,
+            "stream_connections": len(self.pool.connections),
+            "dns_queries": self.resolver.queries,
+            "events": dict(sorted(proxy.counters.items())) if proxy else {},
+        }
+
+
+def _local_of(via: Any) -> tuple[str, int]:
+    transport = getattr(via, "transport", None)
+    if transport is None:
+        return ("0.0.0.0", 0)
+    host = transport.getHost()
+    return (host.host, host.port)
+
+
+def _report(on_error: OnError, reason: str) -> None:
+    if on_error is not None:
+        on_error(reason)
+
+
+def install(root: Any) -> None:
+    relay = Relay(root, getattr(root, "dns_resolver", None))
+    relay.setServiceParent(root)
+    root.relay = relay

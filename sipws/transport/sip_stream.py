@@ -1,0 +1,329 @@
+"""SIP over TCP and TLS toward the core: listeners, framing, connection reuse.
+
+A stream carries many SIP messages, framed by Content-Length
+(``sipws.sip.framer``).  Connections are kept in one pool keyed by
+(transport, peer IP, peer port), whoever opened them: a request to the core
+reuses an open connection to that address, and a response to a request the
+core sent goes back on the connection it came on (RFC 3261 §18.2.2).
+
+Dialling (reconnect on demand): the first message to an address without a
+connection opens one; messages sent while it opens wait in a bounded queue.
+If the connection (or, for TLS, the handshake and the certificate check)
+fails, every waiting message's ``on_error`` is called, so its transaction
+answers 503 at once.  TLS toward the core verifies the certificate and the
+host name with service-identity (``sipws.transport.tls.client_tls_options``).
+
+A framing error loses the stream position: the connection is closed, with a
+log line naming the peer.  Double-CRLF keep-alive pings are answered with a
+CRLF (RFC 5626 §3.5.1).  Connections idle for ``IDLE_TIMEOUT`` are closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from OpenSSL import SSL
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sipws.sip import SipParseError
+from sipws.sip.framer import StreamFramer
+from sipws.sip.limits import Limits
+
+log = Logger(namespace="sipws.transport.sip_stream")
+
+#: Seconds to open a TCP connection to the core (TLS gets its handshake timeout on top).
+CONNECT_TIMEOUT = 5.0
+#: Messages (and bytes) waiting per connection being opened.
+MAX_QUEUED_MESSAGES = 256
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+#: A connection with no traffic in either direction for this long is closed.
+IDLE_TIMEOUT = 600.0
+#: Seconds between idle sweeps.
+IDLE_SWEEP_INTERVAL = 10.0
+#: The answer to a double-CRLF ping (RFC 5626 §3.5.1).
+PONG = b"\r\n"
+#: Output held by the kernel and Twisted above which a connection is considered stuck.
+MAX_OUTPUT_BACKLOG = 8 * 1024 * 1024
+
+Receiver = Callable[[bytes, tuple[str, int], str, Any], None]
+OnError = Optional[Callable[[str], None]]
+Key = tuple[str, str, int]
+
+
+@implementer(IHandshakeListener)
+class SipStreamProtocol(Protocol):
+    """One TCP or TLS connection carrying SIP, accepted or dialled."""
+
+    def __init__(self, pool: "StreamPool", transport_name: str, dialled: bool) -> None:
+        self.pool = pool
+        self.transport_name = transport_name
+        self.dialled = dialled
+        self.framer = StreamFramer(pool.limits)
+        self.peer: tuple[str, int] = ("", 0)
+        self.ready = False
+        self.last_used = 0.0
+        self.failure: Optional[str] = None
+
+    @property
+    def key(self) -> Key:
+        return (self.transport_name, self.peer[0], self.peer[1])
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = (address.host, address.port)
+        self.last_used = self.pool.clock.seconds()
+        if self.transport_name == "tcp":
+            self._ready()
+        elif not self.dialled:
+            # Accepted TLS: register now; what we write waits for the handshake anyway.
+            self.pool.register(self)
+
+    def handshakeCompleted(self) -> None:
+        self._ready()
+
+    def _ready(self) -> None:
+        if self.ready:
+            return
+        self.ready = True
+        self.pool.register(self)
+        if self.dialled:
+            self.pool.dial_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_used = self.pool.clock.seconds()
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            log.warn("{transport} {host}:{port}: framing error ({reason}); closing the connection",
+                     transport=self.transport_name, host=self.peer[0], port=self.peer[1], reason=exc)
+            self.pool.stats.incr("sip.framing_errors")
+            self.transport.loseConnection()
+            return
+        if self.framer.pings:
+            self.transport.write(PONG * self.framer.pings)
+        for message in messages:
+            if self.transport is None or not self.connected:
+                return
+            try:
+                self.pool.receiver(message, self.peer, self.transport_name, self)
+            except Exception:
+                log.failure("relay failed on a message from {transport} {host}:{port}",
+                            transport=self.transport_name, host=self.peer[0], port=self.peer[1])
+
+    def send(self, data: bytes) -> None:
+        self.last_used = self.pool.clock.seconds()
+        self.transport.write(data)
+        self.pool.on_sent(self, data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.ready and reason is not None:
+            self.failure = reason.getErrorMessage()
+            if reason.check(SSL.Error):
+                self.failure = f"TLS certificate verification failed: {self.failure}"
+        self.pool.lost(self)
+
+
+class _StreamFactory(Factory):
+    def __init__(self, pool: "StreamPool", transport_name: str, dialled: bool) -> None:
+        self.pool = pool
+        self.transport_name = transport_name
+        self.dialled = dialled
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+        if not self.dialled and len(self.pool.connections) >= self.pool.max_connections:
+            log.warn("{transport}: refusing a connection from {host}:{port}: {count} open",
+                     transport=self.transport_name, host=getattr(addr, "host", "?"),
+                     port=getattr(addr, "port", 0), count=len(self.pool.connections))
+            return None  # type: ignore[return-value]
+        protocol = SipStreamProtocol(self.pool, self.transport_name, self.dialled)
+        protocol.factory = self
+        return protocol
+
+    def doStart(self) -> None:  # no "Starting factory" noise in the log
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+
+class _Dial:
+    """A connection being opened and the messages waiting for it."""
+
+    __slots__ = ("key", "queue", "queued_bytes", "timeout", "protocol", "connecting")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.queue: list[tuple[bytes, OnError]] = []
+        self.queued_bytes = 0
+        self.timeout: Any = None
+        self.protocol: Optional[SipStreamProtocol] = None
+        self.connecting: Optional[defer.Deferred] = None
+
+
+class StreamPool:
+    """Every SIP TCP/TLS connection, by (transport, peer IP, peer port)."""
+
+    #: Accepted connections beyond this are refused (dialled ones always proceed).
+    max_connections = 10000
+
+    def __init__(self, clock: Any, receiver: Receiver, stats: Any, limits: Limits,
+                 tls_client_options: Callable[[str], Any], tls_timeout: float) -> None:
+        self.clock = clock
+        self.receiver = receiver
+        self.stats = stats
+        self.limits = limits
+        self.tls_client_options = tls_client_options
+        self.tls_timeout = tls_timeout
+        self.connections: dict[Key, SipStreamProtocol] = {}
+        self.dials: dict[Key, _Dial] = {}
+        self._sweep = LoopingCall(self._close_idle)
+        self._sweep.clock = clock
+        self._stopping = False
+        #: Called with (protocol, data) for every message written (stats, tracing).
+        self.on_sent: Callable[[SipStreamProtocol, bytes], None] = lambda protocol, data: None
+
+    # -- listening -----------------------------------------------------------
+
+    def factory(self, transport_name: str) -> Factory:
+        return _StreamFactory(self, transport_name, dialled=False)
+
+    def start(self) -> None:
+        self._sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, transport_name: str, address: tuple[str, int], data: bytes,
+             on_error: OnError = None, server_name: str = "") -> None:
+        """Send on the open connection to address, or open one (queued meanwhile)."""
+        key = (transport_name, address[0], address[1])
+        protocol = self.connections.get(key)
+        if protocol is not None and protocol.ready and protocol.connected:
+            protocol.send(data)
+            return
+        if self._stopping:
+            if on_error is not None:
+                on_error("shutting down")
+            return
+        dial = self.dials.get(key)
+        if dial is None:
+            dial = self._dial(key, server_name or address[0])
+        if len(dial.queue) >= MAX_QUEUED_MESSAGES or dial.queued_bytes + len(data) > MAX_QUEUED_BYTES:
+            self.stats.incr("sip.stream_queue_full")
+            if on_error is not None:
+                on_error(f"queue toward {transport_name}:{address[0]}:{address[1]} is full")
+            return
+        dial.queue.append((data, on_error))
+        dial.queued_bytes += len(data)
+
+    def _dial(self, key: Key, server_name: str) -> _Dial:
+        transport_name, host, port = key
+        dial = _Dial(key)
+        self.dials[key] = dial
+        endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint: Any = endpoint_class(self.clock, host, port, timeout=CONNECT_TIMEOUT)
+        budget = CONNECT_TIMEOUT
+        if transport_name == "tls":
+            try:
+                endpoint = wrapClientTLS(self.tls_client_options(server_name), endpoint)
+            except Exception as exc:  # noqa: BLE001 - a bad CA file etc.: fail the messages, log once
+                self.clock.callLater(0, self._fail_dial, dial, f"TLS set-up failed: {exc}")
+                return dial
+            budget += self.tls_timeout
+        log.info("dialling {transport}:{host}:{port}", transport=transport_name, host=host, port=port)
+        dial.timeout = self.clock.callLater(budget, self._dial_timed_out, dial)
+        dial.connecting = endpoint.connect(_StreamFactory(self, transport_name, dialled=True))
+        dial.connecting.addCallbacks(self._dial_connected, self._dial_failed,
+                                     callbackArgs=(dial,), errbackArgs=(dial,))
+        return dial
+
+    def _dial_connected(self, protocol: SipStreamProtocol, dial: _Dial) -> None:
+        dial.connecting = None
+        dial.protocol = protocol
+        if protocol.ready:
+            self.dial_ready(protocol)
+
+    def _dial_failed(self, failure: Any, dial: _Dial) -> None:
+        dial.connecting = None
+        if failure.check(defer.CancelledError):
+            return
+        reason = failure.getErrorMessage()
+        if failure.check(error.ConnectionRefusedError):
+            reason = "connection refused"
+        self._fail_dial(dial, reason)
+
+    def _dial_timed_out(self, dial: _Dial) -> None:
+        dial.timeout = None
+        if self.dials.get(dial.key) is not dial:
+            return
+        if dial.connecting is not None:
+            dial.connecting.cancel()
+        if dial.protocol is not None and dial.protocol.transport is not None:
+            dial.protocol.failure = "timed out"
+            dial.protocol.transport.abortConnection()
+        self._fail_dial(dial, "connection timed out")
+
+    def dial_ready(self, protocol: SipStreamProtocol) -> None:
+        dial = self.dials.pop(protocol.key, None)
+        if dial is None:
+            return
+        if dial.timeout is not None and dial.timeout.active():
+            dial.timeout.cancel()
+        log.info("connected {transport}:{host}:{port}", transport=protocol.transport_name,
+                 host=protocol.peer[0], port=protocol.peer[1])
+        for data, _ in dial.queue:
+            protocol.send(data)
+        dial.queue.clear()
+
+    def _fail_dial(self, dial: _Dial, reason: str) -> None:
+        if self.dials.get(dial.key) is dial:
+            del self.dials[dial.key]
+        if dial.timeout is not None and dial.timeout.active():
+            dial.timeout.cancel()
+        transport_name, host, port = dial.key
+        if not dial.queue and reason == "connection timed out":
+            return
+        log.warn("cannot reach {transport}:{host}:{port}: {reason}", transport=transport_name,
+                 host=host, port=port, reason=reason)
+        self.stats.incr("sip.connect_failures")
+        queue, dial.queue = dial.queue, []
+        for _, on_error in queue:
+            if on_error is not None:
+                on_error(reason)
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def register(self, protocol: SipStreamProtocol) -> None:
+        self.connections[protocol.key] = protocol
+
+    def lost(self, protocol: SipStreamProtocol) -> None:
+        if self.connections.get(protocol.key) is protocol:
+            del self.connections[protocol.key]
+        dial = self.dials.get(protocol.key)
+        if dial is not None and dial.protocol is protocol:
+            self._fail_dial(dial, protocol.failure or "connection lost")
+
+    def _close_idle(self) -> None:
+        deadline = self.clock.seconds() - IDLE_TIMEOUT
+        for protocol in list(self.connections.values()):
+            if protocol.last_used < deadline and protocol.transport is not None:
+                log.info("closing idle {transport}:{host}:{port}", transport=protocol.transport_name,
+                         host=protocol.peer[0], port=protocol.peer[1])
+                protocol.transport.loseConnection()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._sweep.running:
+            self._sweep.stop()
+        for dial in list(self.dials.values()):
+            if dial.connecting is not None:
+                dial.connecting.cancel()
+            self._fail_dial(dial, "shutting down")
+        for protocol in list(self.connections.values()):
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
