@@ -4,7 +4,8 @@ with no arguments, which only prints this usage).
 Servers and the load generator run in their own processes, so the server's RSS and CPU
 (read from /proc/PID) contain nothing of the client's work.
 
-``python bench/_wsload.py serve sipws|bare [--cert C --key K] [--log FILE] [--tracemalloc]``
+``python bench/_wsload.py serve sipws|bare [--cert C --key K] [--log FILE] [--tracemalloc]
+[--profile FILE]``
     A server on 127.0.0.1:0, ws (and wss when a certificate is given), epoll reactor.
     ``sipws``: ``sipws.tap.build_service`` with ``config_from_dict``; ``bare``: a plain
     Autobahn ``WebSocketServerProtocol`` echo server that accepts subprotocol "sip".
@@ -168,9 +169,12 @@ class Child:
                 pass
 
 
-def start_server(kind: str, cert: str = "", key: str = "", log: str = "", trace_memory: bool = False) -> tuple[Child, int, int]:
+def start_server(kind: str, cert: str = "", key: str = "", log: str = "", trace_memory: bool = False,
+                 profile: str = "") -> tuple[Child, int, int]:
     """A server subprocess; returns (child, ws port, wss port or 0)."""
     args = ["serve", kind]
+    if profile:
+        args += ["--profile", profile]
     if cert:
         args += ["--cert", cert, "--key", key]
     if log:
@@ -195,7 +199,7 @@ def make_certificate(directory: Path) -> tuple[str, str]:
 # -- servers ----------------------------------------------------------------------
 
 
-def serve(kind: str, cert: str, key: str, log_path: str, trace_memory: bool) -> None:
+def serve(kind: str, cert: str, key: str, log_path: str, trace_memory: bool, profile: str = "") -> None:
     if trace_memory:
         import tracemalloc
 
@@ -270,7 +274,16 @@ def serve(kind: str, cert: str, key: str, log_path: str, trace_memory: bool) -> 
     ports = f"ws={ws_port}" + (f" wss={wss_port}" if wss_port else "")
     sys.stdout.write(f"READY {ports}\n")
     sys.stdout.flush()
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     reactor.run()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     os._exit(0)  # skip the graceful 1001 for thousands of connections
 
 
@@ -578,6 +591,7 @@ def main(argv: list[str]) -> int:
     server.add_argument("--key", default="")
     server.add_argument("--log", default="")
     server.add_argument("--tracemalloc", action="store_true")
+    server.add_argument("--profile", default="", help="write cProfile stats of the run to this file")
     for name in ("hold", "cycle"):
         load = sub.add_parser(name)
         load.add_argument("--port", type=int, required=True)
@@ -590,7 +604,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0
     if args.command == "serve":
-        serve(args.kind, args.cert, args.key, args.log, args.tracemalloc)
+        serve(args.kind, args.cert, args.key, args.log, args.tracemalloc, args.profile)
         return 0
     raise_file_limit()
     if args.command == "hold":
