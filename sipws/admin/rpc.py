@@ -192,9 +192,9 @@ class AdminResource(Resource):
         return self.answer(request)
 
     def _authorized(self, request: server.Request) -> bool:
-        header = request.getHeader(b"authorization") or ""
-        scheme, _, credentials = header.partition(" ")
-        given = credentials.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, credentials = header.partition(b" ")
+        given = credentials.strip() if scheme.lower() == b"bearer" else b""
         return hmac.compare_digest(given, self._token)
 
     def answer(self, request: server.Request) -> bytes | int:
