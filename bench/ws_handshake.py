@@ -16,7 +16,7 @@ ratio.  On a 2-core machine the Python load generator can be the limit for the r
 CPU use is printed so this can be seen, and CPU per handshake is the steadier figure.
 
 Run: .venv/bin/python bench/ws_handshake.py [--count 3000] [--wss-count 1000]
-     [--concurrency 8] [--rounds 2] [--quick]
+     [--concurrency 8] [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import _wsload  # noqa: E402
 
 WARMUP = 200
 #: Alternating bare / sipws runs; the best of each is kept (the machine may be shared).
-ROUNDS = 2
+ROUNDS = 3
 QUICK = {"count": 600, "wss_count": 200}
 #: What sipws may cost per handshake relative to bare Autobahn before it is worth a look;
 #: printed for comparison only (the issue asks for the ratio, not a bound).
