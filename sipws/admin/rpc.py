@@ -98,7 +98,8 @@ def handle_one(root: Any, message: Any, peer: str) -> defer.Deferred:
     request_id = message.get("id")
     method = methods.METHODS.get(name)
     if method is not None and method.mutating:
-        log.info("admin: {method} {params} from {peer}", method=name, params=json.dumps(params), peer=peer)
+        shown = "" if params is None else " " + json.dumps(params)[:200]
+        log.info("admin: {method}{params} from {peer}", method=name, params=shown, peer=peer)
     answer = defer.maybeDeferred(methods.call, root, name, params)
 
     def succeeded(result: Any) -> dict[str, Any] | None:
