@@ -192,6 +192,9 @@ def _close_code(name: str, value: Any) -> int:
 
 
 def _close_reason(name: str, value: Any) -> str:
+    # sipws-ctl sends numeric-looking arguments as numbers: `ws.close 7 4000 42`.
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     reason = _str(name, value)
     if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
         raise InvalidParams(f"{name}: at most {MAX_CLOSE_REASON} bytes in UTF-8")

@@ -94,7 +94,13 @@ def test_close_with_code_and_reason_by_name(root):
     assert record.protocol.sent == [("close", 4000, "bye")]
 
 
-@pytest.mark.parametrize("params", [[1, 1005], [1, 999], [1, 2999], [1, 5000], [1, 1000, 7], [1, 1000, "x" * 124],
+def test_numeric_close_reason_is_text(root):
+    record = root.add(5000)
+    call(root, "ws.close", [record.id, 4000, 42])
+    assert record.protocol.sent == [("close", 4000, "42")]
+
+
+@pytest.mark.parametrize("params", [[1, 1005], [1, 999], [1, 2999], [1, 5000], [1, 1000, 7.5], [1, 1000, "x" * 124],
                                     [], ["1"], [0]])
 def test_close_bad_params(root, params):
     root.add(5000)
