@@ -353,7 +353,9 @@ def _start_bare(reactor: Any, cert: str, key: str):
         wss_port = reactor.listenSSL(0, secure, options, backlog=1024, interface="127.0.0.1").getHost().port
 
     def anatomy() -> dict[str, Any]:
-        protocols = [o for o in gc.get_objects() if isinstance(o, BareProtocol) and o.state == BareProtocol.STATE_OPEN][:2]
+        protocols = [
+            o for o in gc.get_objects() if isinstance(o, BareProtocol) and o.state == BareProtocol.STATE_OPEN
+        ][:2]
         return _anatomy(protocols)
 
     return ws_port, wss_port, (lambda: opened[0]), anatomy

@@ -99,7 +99,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="cycles in flight (default 8)")
     parser.add_argument("--rounds", type=int, default=ROUNDS,
                         help=f"alternate bare/sipws runs, keep each one's best (default {ROUNDS})")
-    parser.add_argument("--quick", action="store_true", help=f"small run: {QUICK['count']} ws, {QUICK['wss_count']} wss")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small run: {QUICK['count']} ws, {QUICK['wss_count']} wss")
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.wss_count = QUICK["count"], QUICK["wss_count"]

@@ -92,8 +92,8 @@ def build(count: int, mechanism: str) -> tuple[Any, KeepaliveSweeper, list[Conne
     factory = StubFactory()
     records = []
     for n in range(count):
-        record = ConnectionRecord("ws", SERVER, ("127.0.0.1", 8080), (f"10.0.{n >> 8 & 255}.{n & 255}", 40000 + n % 20000),
-                                  0.0, protocol=StubProtocol(factory))
+        remote = (f"10.0.{n >> 8 & 255}.{n & 255}", 40000 + n % 20000)
+        record = ConnectionRecord("ws", SERVER, ("127.0.0.1", 8080), remote, 0.0, protocol=StubProtocol(factory))
         record.state = OPEN
         root.connections.add(record)
         records.append(record)

@@ -119,7 +119,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="RSS per idle WebSocket connection, sipws vs bare Autobahn")
     parser.add_argument("--count", type=int, default=10_000, help="idle ws connections (default 10000)")
     parser.add_argument("--wss-count", type=int, default=2_000, help="idle wss connections (default 2000)")
-    parser.add_argument("--quick", action="store_true", help=f"small run: {QUICK['count']} ws, {QUICK['wss_count']} wss")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small run: {QUICK['count']} ws, {QUICK['wss_count']} wss")
     parser.add_argument("--diagnose", action="store_true", help="also run sipws under tracemalloc")
     parser.add_argument("--anatomy", action="store_true", help="print what one connection's objects hold")
     args = parser.parse_args(argv)
