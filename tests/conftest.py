@@ -23,4 +23,4 @@ def require_peer(name: str, hint: str) -> str:
 
 
 # A real sipws on 127.0.0.1:0 for integration and interop tests alike.
-from tests.integration.conftest import sipws_factory  # noqa: E402,F401
+from tests.integration.conftest import sipws_factory, sipws_log  # noqa: E402,F401
