@@ -341,8 +341,44 @@ class EdgeProxy:
             elif mine and req.method == "OPTIONS" and not out.has("route"):
                 raise _Reject(200)  # a keep-alive probe addressed to us
             else:
-                raise _Reject(404, "No Flow Token")
+                target = self._ws_next_hop_from_core(out, inbound, mine)
+                if target is None:
+                    raise _Reject(404, "No Flow Token")
+                self._forward_to_ws_server(req, out, target, server, inbound)
+                return
         self._forward_to_flow(req, out, token, server, inbound)
+
+    def _ws_next_hop_from_core(self, out: Request, inbound: Inbound, ruri_mine: bool
+                               ) -> Optional[Target]:
+        """The client role (issue 5): a SIP-side request without flow token whose
+        next hop is a ``transport=ws`` URI (Route, else Request-URI), or, when
+        ``[sip] upstream`` is a ws:// URL, any such request from a non-ws leg."""
+        routes = out.routes
+        if routes:
+            uri = routes[0].uri
+            target = target_for_uri(uri) if uri is not None else None
+        elif not ruri_mine:
+            target = target_for_uri(out.request_uri)
+        else:
+            target = None
+        if target is not None and target.is_ws and target.dialable:
+            return target
+        if not routes and self.upstream.is_ws and inbound.transport not in WS_TRANSPORTS:
+            return self.upstream
+        return None
+
+    def _forward_to_ws_server(self, req: Request, out: Request, target: Target,
+                              server: ServerTransaction, inbound: Inbound) -> None:
+        """From the SIP side to a WebSocket server sipws dials (never to a flow)."""
+        self._set_received(out, inbound)
+        out.decrement_max_forwards()
+        addr = self.local.address_for("ws")
+        out.push_via(self._via(req, target.transport, addr.host_port, inbound, None))
+        if req.method in DIALOG_METHODS:
+            # Double Record-Route: the core-facing entry below, the ws-facing one on top.
+            out.push_record_route(f"<sip:{addr.host_port};transport={inbound.transport};lr>")
+            out.push_record_route(f"<sip:{addr.host_port};transport=ws;lr>")
+        self._start_client(server, out, target, inbound, out_flow=None)
 
     def _flow_for_token(self, token: str, inbound: Inbound) -> Flow:
         """The open flow a token names; 403 for a bad token, 430 for a gone flow."""
