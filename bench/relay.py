@@ -63,7 +63,7 @@ DEFAULT_WINDOW = 2
 DEFAULT_REQUESTS = 20000
 QUICK_REQUESTS = 5000
 #: Rounds of every proxy, alternated; the best round of each is compared (the machine is shared).
-DEFAULT_ROUNDS = 2
+DEFAULT_ROUNDS = 3
 #: Requests every connection sends before the measured phase (code paths, caches, allocators warm).
 WARMUP_PER_CLIENT = 20
 #: Seconds without a single response before the load generator gives up.
@@ -588,11 +588,17 @@ def print_profile(path: str, limit: int = 25) -> None:
 KAMAILIO_COMPLAINTS = ("ERROR", "WARNING", "CRITICAL", "ALERT", "BUG")
 
 
-def complaints(name: str, log: Optional[Path]) -> list[str]:
-    """What a server logged that is worth reading: any sipws line at [log] level = warn."""
+def log_size(log: Optional[Path]) -> int:
+    return log.stat().st_size if log is not None and log.exists() else 0
+
+
+def complaints(name: str, log: Optional[Path], upto: int) -> list[str]:
+    """What a server logged while under load that is worth reading (its shutdown excluded):
+    any sipws line at [log] level = warn, Kamailio's errors and warnings."""
     if log is None or not log.exists():
         return []
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    text = log.read_bytes()[:upto].decode(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
     if name.startswith("kamailio"):
         lines = [line for line in lines if any(word in line for word in KAMAILIO_COMPLAINTS)]
     return lines
@@ -631,11 +637,12 @@ def bench(args: argparse.Namespace) -> int:
                     processes.append(server)
                     try:
                         result = drive(name, server, port, responder, args, processes)
+                        logged_upto = log_size(server.log)
                     finally:
                         server.stop()
                     results.append(result)
                     print_result(result)
-                    logged = complaints(name, server.log)
+                    logged = complaints(name, server.log, logged_upto)
                     if logged:
                         print(f"  {'':<22} {name} logged {len(logged)} line(s); first: {logged[0][:200]}")
         except Exception as exc:
