@@ -80,6 +80,26 @@ class ClientUser(Protocol):
     def on_transport_error(self, txn: "ClientTransaction", reason: str) -> None: ...
 
 
+class _NoUser:
+    """The user of an ended, released client transaction: reports go nowhere."""
+
+    def on_response(self, txn: "ClientTransaction", response: Response) -> None:
+        pass
+
+    def on_timeout(self, txn: "ClientTransaction") -> None:
+        pass
+
+    def on_transport_error(self, txn: "ClientTransaction", reason: str) -> None:
+        pass
+
+
+_NO_USER = _NoUser()
+
+
+def _discard(data: bytes) -> None:
+    """The sender of an ended, released transaction."""
+
+
 # ------------------------------------------------------------------ keys
 
 
@@ -146,6 +166,20 @@ class TransactionTable:
         self.timers = timers
         self.clients: dict[tuple, ClientTransaction] = {}
         self.servers: dict[tuple, ServerTransaction] = {}
+        #: Ended transactions whose links to their owner are cut at the next
+        #: table operation (not at once: the owner's callbacks may still be
+        #: running on the call stack).  Cutting them breaks the reference
+        #: cycles transaction ↔ owner context, so ended transactions are freed
+        #: by reference counting instead of piling up for the cyclic garbage
+        #: collector, whose full passes stall the reactor under load.
+        self._ended: list[_Transaction] = []
+
+    def _release_ended(self) -> None:
+        ended = self._ended
+        if ended:
+            self._ended = []
+            for txn in ended:
+                txn._release()
 
     def __len__(self) -> int:
         return len(self.clients) + len(self.servers)
@@ -157,8 +191,10 @@ class TransactionTable:
         for txn in [*self.clients.values(), *self.servers.values()]:
             txn._cancel_all()
             txn.state = TERMINATED
+            txn._release()
         self.clients.clear()
         self.servers.clear()
+        self._release_ended()
         return count
 
     def find_server(self, request: Request) -> Optional["ServerTransaction"]:
@@ -178,6 +214,7 @@ class TransactionTable:
     def client(self, request: Request, send: Send, reliable: bool,
                user: ClientUser) -> "ClientTransaction":
         """Create and start a client transaction for ``request`` (ours on top)."""
+        self._release_ended()
         txn = ClientTransaction(self, request, send, reliable, user)
         if txn.key in self.clients:
             raise SipError("a client transaction with this branch exists")
@@ -189,6 +226,7 @@ class TransactionTable:
                terminated: Optional[Callable[["ServerTransaction"], None]] = None
                ) -> "ServerTransaction":
         """Create a server transaction for a request that matched none."""
+        self._release_ended()
         txn = ServerTransaction(self, request, send, reliable, terminated)
         self.servers[txn.key] = txn
         return txn
@@ -229,6 +267,10 @@ class _Transaction:
 
     def _send(self, data: bytes) -> None:
         self.send(data)
+
+    def _release(self) -> None:
+        """Cut the links to the owner once ended (see TransactionTable._ended)."""
+        self.send = _discard
 
     @property
     def terminated(self) -> bool:
@@ -342,8 +384,15 @@ class ClientTransaction(_Transaction):
         self._cancel_all()
         if self.table.clients.get(self.key) is self:
             del self.table.clients[self.key]
+        self.table._ended.append(self)
         if self.on_terminated is not None:
             self.on_terminated(self)
+
+    def _release(self) -> None:
+        super()._release()
+        self.user = _NO_USER
+        self.context = None
+        self.on_terminated = None
 
 
 class ServerTransaction(_Transaction):
@@ -438,5 +487,11 @@ class ServerTransaction(_Transaction):
         self._cancel_all()
         if self.table.servers.get(self.key) is self:
             del self.table.servers[self.key]
+        self.table._ended.append(self)
         if self._on_terminated is not None:
             self._on_terminated(self)
+
+    def _release(self) -> None:
+        super()._release()
+        self.context = None
+        self._on_terminated = None

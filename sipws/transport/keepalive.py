@@ -75,7 +75,7 @@ class KeepaliveSweeper:
             protocol = record.protocol
             if protocol is None:
                 continue
-            paused = getattr(protocol, "paused_since", None)
+            paused = protocol.paused_since  # set when the record entered the table
             if paused is not None:
                 limit = paused + protocol.factory.send_timeout
                 if now >= limit:
@@ -88,7 +88,8 @@ class KeepaliveSweeper:
                     )
                     protocol.abort("send timeout")
                     continue
-                next_due = min(next_due, limit)
+                if limit < next_due:
+                    next_due = limit
             if mechanism == "none" or record.state != OPEN:
                 continue
             if mechanism == "ping":
@@ -104,22 +105,27 @@ class KeepaliveSweeper:
                         )
                         protocol.close_connection(*KEEPALIVE_CLOSE)
                         continue
-                    next_due = min(next_due, deadline)
+                    if deadline < next_due:
+                        next_due = deadline
                     continue
                 due = record.last_used + timeout
                 if now >= due:
                     protocol.send_ping(self.payload)
                     record.awaiting_pong = True
                     protocol.keepalive_at = now
-                    next_due = min(next_due, now + timeout)
+                    if now + timeout < next_due:
+                        next_due = now + timeout
                 else:
-                    next_due = min(next_due, due)
+                    if due < next_due:
+                        next_due = due
             else:  # pong
                 due = max(record.last_used, protocol.keepalive_at) + timeout
                 if now >= due:
                     protocol.send_pong(self.payload)
                     protocol.keepalive_at = now
-                    next_due = min(next_due, now + timeout)
+                    if now + timeout < next_due:
+                        next_due = now + timeout
                 else:
-                    next_due = min(next_due, due)
+                    if due < next_due:
+                        next_due = due
         self.next_due = next_due

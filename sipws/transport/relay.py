@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import socket
 from typing import Any, Callable, Optional
 
@@ -182,6 +184,9 @@ class Relay(Service):
         if target.is_ws:
             self._send_ws(target, data, on_error)
             return
+        if _is_ip(target.host):  # the common case (a numeric upstream): no Deferred, no DNS
+            self._send_resolved([(target.host, target.port_or_default)], target, data, on_error)
+            return
         if not target.dialable:
             _report(on_error, f"{target.host} is not dialable")
             return
@@ -210,7 +215,7 @@ class Relay(Service):
                     tracer.sip_message(None, "out", "udp", sock.local, address, data)
             return
         if target.transport in ("tcp", "tls"):
-            server_name = target.host if not target.is_numeric else address[0]
+            server_name = address[0] if _is_ip(target.host) else target.host
             self.pool.send(target.transport, address, data, on_error, server_name)
             return
         _report(on_error, f"unsupported transport {target.transport}")
@@ -269,6 +274,16 @@ class Relay(Service):
             "dns_queries": self.resolver.queries,
             "events": dict(sorted(proxy.counters.items())) if proxy else {},
         }
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip(host: str) -> bool:
+    """Is ``host`` a literal IPv4/IPv6 address?  Cached: next hops repeat."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _local_of(via: Any) -> tuple[str, int]:

@@ -146,9 +146,10 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         response = self.http_response_data
         if isinstance(response, str):
             response = response.encode("utf-8")
-        root.tracer.ws_handshake(
-            record, self._request_head, response, 101, "Switching Protocols", self._tls_details()
-        )
+        if root.tracer.enabled and record.traced:  # TLS details cost a few µs: only when traced
+            root.tracer.ws_handshake(
+                record, self._request_head, response, 101, "Switching Protocols", self._tls_details()
+            )
         # nothing of the handshake is kept per connection once it is traced
         self._request_head = b""
         self._request = None
