@@ -371,8 +371,21 @@ class ClientTransaction(_Transaction):
         self.user.on_response(self, response)
         if wait:
             self._set("linger", wait, self._terminate)
+            self._shrink()
         elif self.state != TERMINATED:
             self._terminate()
+
+    def _shrink(self) -> None:
+        """Lingering only to absorb retransmitted finals (timer D/K): keep just
+        what that needs.  Under load thousands of transactions linger for T4
+        (5 s) on UDP; dropping their requests and owner links keeps the live
+        object count, and so the cost of each full GC pass, small."""
+        self.user = _NO_USER
+        self.context = None
+        self.data = b""
+        if not self.is_invite:  # the INVITE keeps its request to ACK retransmitted finals
+            self.request = None  # type: ignore[assignment]
+            self.send = _discard
 
     def _send_ack(self, response: Response) -> None:
         self._send(bytes(build_ack(self.request, response)))
@@ -448,6 +461,9 @@ class ServerTransaction(_Transaction):
                 self._terminate()
             else:
                 self._set("linger", t.j, self._terminate)
+                # Timer J only answers retransmissions with last_response.
+                self.context = None
+                self.request = None  # type: ignore[assignment]
 
     def _retransmit(self) -> None:
         """Timer G: the final non-2xx response again until the ACK comes."""

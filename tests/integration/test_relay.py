@@ -298,3 +298,49 @@ def test_transactions_do_not_outlive_their_lifetime(sipws_factory, core):
     yield sleep(0.05)
     assert root.relay.stats()["transactions"] == 0
     client.shutdown()
+
+
+@pytest.mark.parametrize("core_transport", ["udp", "tcp"])
+@pytest_twisted.inlineCallbacks
+def test_both_legs_are_traced_with_their_real_addresses(sipws_factory, core, core_tcp, core_transport):
+    """HEP: the WebSocket leg as IP protocol 6, the SIP side as 17 (UDP) or 6 (TCP),
+    each message once per direction, with the sockets' real addresses."""
+    from sipws.trace import hep
+    from tests.integration.test_trace import UdpCollector
+
+    collector = UdpCollector()
+    collector_port = reactor.listenUDP(0, collector, interface="127.0.0.1", maxPacketSize=65535)
+    try:
+        core_port = core.number if core_transport == "udp" else core_tcp.number
+        root = sipws_factory({**relay_config(core_transport, core_port),
+                              "trace": {"destination": f"udp:127.0.0.1:{collector_port.getHost().port}",
+                                        "on": True}})
+        client = yield in_thread(open_client, port_of(root))
+        yield in_thread(exchange, client, ws_request("OPTIONS", f"traced-{core_transport}"))
+        if core_transport == "udp":
+            req, _, source = yield core.next()
+            core.send(reply(req), source)
+        else:
+            req, _, conn = yield core_tcp.next()
+            conn.send(reply(req))
+        resp, _ = yield in_thread(read_sip, client)
+        assert resp.status == 200
+        call_id = f"traced-{core_transport}".encode()
+
+        def sip_packets():
+            return [p for p in collector.packets if p.proto_type == hep.PROTO_SIP and p.correlation_id == call_id]
+
+        yield wait_for(lambda: len(sip_packets()) == 4)
+        ws_port, client_port = port_of(root), client.sock.getsockname()[1]
+        sip_side = sip_port(root, core_transport)
+        legs = [(p.ip_proto, p.src_port, p.dst_port, p.payload.split(b" ", 2)[:2]) for p in sip_packets()]
+        stream = 6
+        side = 17 if core_transport == "udp" else 6
+        assert legs[0] == (stream, client_port, ws_port, [b"OPTIONS", b"sip:bob@example.com"])
+        assert legs[1][:2] == (side, sip_side if core_transport == "udp" else legs[1][1])
+        assert legs[1][2] == core_port and legs[1][3][0] == b"OPTIONS"
+        assert legs[2][0] == side and legs[2][1] == core_port and legs[2][3] == [b"SIP/2.0", b"200"]
+        assert legs[3] == (stream, ws_port, client_port, [b"SIP/2.0", b"200"])
+        client.shutdown()
+    finally:
+        yield collector_port.stopListening()
