@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from twisted.logger import Logger
 
+from sipws.proxy.timers import TimerQueue
 from sipws.sip import Request, Response, SipError, parse
 
 log = Logger(namespace="sipws.proxy.transaction")
@@ -166,6 +167,8 @@ class TransactionTable:
         self.timers = timers
         self.clients: dict[tuple, ClientTransaction] = {}
         self.servers: dict[tuple, ServerTransaction] = {}
+        #: Every transaction timer, on one clock call (see sipws.proxy.timers).
+        self.queue = TimerQueue(clock)
         #: Ended transactions whose links to their owner are cut at the next
         #: table operation (not at once: the owner's callbacks may still be
         #: running on the call stack).  Cutting them breaks the reference
@@ -247,19 +250,13 @@ class _Transaction:
         self.is_invite = request.method == "INVITE"
         self._timers: dict[str, Any] = {}
 
-    def _set(self, name: str, delay: float, f: Callable[..., Any], *a: Any) -> None:
-        self._cancel(name)
-        self._timers[name] = self.table.clock.callLater(delay, self._fire, name, f, *a)
-
-    def _fire(self, name: str, f: Callable[..., Any], *a: Any) -> None:
-        self._timers.pop(name, None)
-        if self.state != TERMINATED:
-            f(*a)
+    def _set(self, name: str, delay: float, method: Callable[[], Any]) -> None:
+        """Start (or restart) timer ``name``: ``method`` (bound to this
+        transaction) runs after ``delay`` seconds unless cancelled first."""
+        self.table.queue.set(self, name, delay, method.__func__)  # type: ignore[attr-defined]
 
     def _cancel(self, name: str) -> None:
-        handle = self._timers.pop(name, None)
-        if handle is not None and handle.active():
-            handle.cancel()
+        self.table.queue.cancel(self, name)
 
     def _cancel_all(self) -> None:
         for name in list(self._timers):
