@@ -154,9 +154,9 @@ def silent_client(port: int) -> bool:
 def test_handshake_timeout_drops_silent_client(sipws_factory, sipws_log):
     root = sipws_factory({"ws": {"handshake_timeout": 0.3}})
     dropped = yield in_thread(silent_client, port_of(root))
-    assert dropped
+    assert dropped, "the server sent data instead of dropping the silent client"
     yield wait_for(lambda: len(root.connections) == 0)
-    assert any("handshake timeout from 127.0.0.1:" in line for line in sipws_log)
+    assert any("handshake timeout from 127.0.0.1:" in line for line in sipws_log), sipws_log[-10:]
 
 
 @pytest_twisted.inlineCallbacks
