@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
@@ -124,7 +125,7 @@ class SipStreamProtocol(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         if not self.ready and reason is not None:
             self.failure = reason.getErrorMessage()
-            if reason.check(SSL.Error):
+            if reason.check(SSL.Error, VerificationError):
                 self.failure = f"TLS certificate verification failed: {self.failure}"
         self.pool.lost(self)
 
