@@ -44,6 +44,11 @@ log = Logger(namespace="sipws.transport.relay")
 OnError = Optional[Callable[[str], None]]
 #: Listen backlog of the SIP TCP/TLS sockets.
 LISTEN_BACKLOG = 511
+#: Counters this layer keeps (more appear as the stream pool counts them).
+KNOWN_COUNTERS = tuple(
+    f"sip.messages_{direction}.{transport}"
+    for direction in ("in", "out") for transport in ("udp", "tcp", "tls", "ws", "wss")
+) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors")
 
 
 class Relay(Service):
@@ -64,6 +69,8 @@ class Relay(Service):
                                self.config.wss.tls_handshake_timeout)
         self.pool.on_sent = self._stream_sent
         self.proxy: Optional[EdgeProxy] = None
+        for name in KNOWN_COUNTERS:  # shown (as 0) in stats and /metrics from the start
+            self.counters.incr(name, 0)
         self._listening: list[Any] = []
         self._tls_server_options: Any = None
         self._tls_client_cache: dict[str, Any] = {}

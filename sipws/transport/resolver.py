@@ -84,16 +84,26 @@ class SipResolver:
     """``resolve(target) -> Deferred[list[(ip, port)]]``, failing with ResolveError."""
 
     def __init__(self, clock: Any, resolver: Any = None, rng: Optional[random.Random] = None) -> None:
-        if resolver is None:
-            from twisted.names.client import createResolver
-
-            resolver = createResolver()
         self.clock = clock
-        self.resolver = resolver
+        #: The twisted.names resolver; built on first use (reading resolv.conf
+        #: and the hosts file), so a relay that only sees numeric hosts never does.
+        self._resolver = resolver
         self.rng = rng or random.Random()
         self._cache: OrderedDict[tuple[str, str, Optional[int]], tuple[float, list[Address]]] = OrderedDict()
         #: Lookups that went to DNS (not answered from the cache): for stats.
         self.queries = 0
+
+    @property
+    def resolver(self) -> Any:
+        if self._resolver is None:
+            from twisted.names.client import createResolver
+
+            self._resolver = createResolver()
+        return self._resolver
+
+    @resolver.setter
+    def resolver(self, value: Any) -> None:
+        self._resolver = value
 
     def resolve(self, target: Target) -> defer.Deferred:
         host = target.host.strip("[]")

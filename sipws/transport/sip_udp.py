@@ -27,6 +27,8 @@ Receiver = Callable[[bytes, tuple[str, int], str, Any], None]
 class SipUdpProtocol(DatagramProtocol):
     """One bound UDP socket; hands every datagram to ``receiver``."""
 
+    noisy = False  # no "Starting protocol" lines: the relay logs what it binds
+
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
         self.family = socket.AF_INET
