@@ -344,3 +344,34 @@ def test_both_legs_are_traced_with_their_real_addresses(sipws_factory, core, cor
         client.shutdown()
     finally:
         yield collector_port.stopListening()
+
+
+def _tcp_exchange(port: int, data: bytes) -> bytes:
+    """Send bytes on a fresh TCP connection; everything read until the peer closes or 2 s pass."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        sock.settimeout(2)
+        received = b""
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return received + b"<closed>"
+                received += chunk
+        except (TimeoutError, OSError):
+            return received
+
+
+@pytest_twisted.inlineCallbacks
+def test_tcp_keepalive_ping_gets_a_pong_and_bad_framing_closes_with_a_log_line(sipws_factory, core, sipws_log):
+    root = sipws_factory(relay_config("udp", core.number))
+    port = sip_port(root, "tcp")
+    answer = yield in_thread(_tcp_exchange, port, b"\r\n\r\n")
+    assert answer == b"\r\n"  # RFC 5626 §3.5.1 pong, connection kept open
+    answer = yield in_thread(_tcp_exchange, port, b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a;branch=z9hG4bK1\r\n\r\n")
+    assert answer == b"<closed>"  # no Content-Length on a stream: framing lost, connection closed
+    assert any("framing error" in line and "127.0.0.1:" in line for line in sipws_log)
+    assert root.stats.get("sip.framing_errors") == 1
+    yield wait_for(lambda: not root.relay.pool.connections)
