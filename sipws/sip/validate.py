@@ -49,10 +49,12 @@ FAST_RURI = re.compile(_SIP_URI + _URI_PARAMS)
 FAST_NAME_ADDR = re.compile(
     rf"(?:<{_SIP_URI}{_URI_PARAMS}>|{_DISPLAY}<{_SIP_URI}{_URI_PARAMS}>|{_ADDR_SPEC})"
     rf"{_HDR_PARAMS}")
-#: One Via value with token/IPv4 parameter values; rport= handled apart.
+_RPORT = r"[Rr][Pp][Oo][Rr][Tt]"
+#: One Via value with token/IPv4 parameter values; an ``rport=`` value must be
+#: a port number (0-65535), anything else goes to the full parser.
 FAST_VIA = re.compile(
     rf"SIP/2\.0/[A-Za-z]{{2,4}} {_HOST}(?::{_PORT})?+"
-    rf"(?:;{_TOKEN}(?:={_TOKEN})?+)*+")
+    rf"(?:;(?:{_RPORT}={_PORT}(?=;|$)|(?!{_RPORT}=){_TOKEN}(?:={_TOKEN})?+))*+")
 
 
 def check_vias(value: str) -> int:
@@ -69,8 +71,7 @@ def check_vias(value: str) -> int:
 
 
 def _check_via(value: str) -> None:
-    if (len(value) <= FAST_PATH_MAX and FAST_VIA.fullmatch(value) is not None
-            and "rport=" not in value):
+    if len(value) <= FAST_PATH_MAX and FAST_VIA.fullmatch(value) is not None:
         return
     parse_via(value)
 
