@@ -56,6 +56,11 @@ DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 CANCEL_NONE, CANCEL_PENDING, CANCEL_SENT = "none", "pending", "sent"
 #: Longest reason phrase we copy from a parse error into a 400.
 MAX_REASON = 100
+#: Open transactions beyond which new requests are refused 503 (a flood of
+#: distinct requests must not grow memory without bound).
+MAX_TRANSACTIONS = 200_000
+#: Log one line per this many requests refused for overload.
+OVERLOAD_LOG_EVERY = 1000
 #: Header fields copied from a malformed request into our error response.
 _ERROR_COPY = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
                "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
@@ -139,6 +144,7 @@ class EdgeProxy:
         self.limits = limits if limits is not None else Limits.from_config(sip_config)
         self.upstream = target_for_upstream(sip_config.upstream)
         self.table = TransactionTable(clock, Timers.from_config(sip_config))
+        self.max_transactions = MAX_TRANSACTIONS
         self.flows: dict[int, Flow] = {}
         #: Live client transactions per flow they were sent to.
         self._toward_flow: dict[int, set[ClientTransaction]] = {}
@@ -224,6 +230,14 @@ class EdgeProxy:
             return
         if req.method == "ACK":
             self._forward_ack(req, inbound)
+            return
+        if len(self.table) >= self.max_transactions:
+            self.counters["overload"] += 1
+            if self.counters["overload"] % OVERLOAD_LOG_EVERY == 1:
+                log.warn("{count} open transactions: refusing new requests with 503 "
+                         "({refused} so far; latest from {src})", count=len(self.table),
+                         refused=self.counters["overload"], src=inbound.describe())
+            self._respond_stateless(req, inbound, 503, "Overloaded")
             return
         server = self.table.server(req, self._response_sender(req, inbound), inbound.reliable)
         self.counters["requests"] += 1

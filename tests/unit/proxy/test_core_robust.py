@@ -140,3 +140,17 @@ Content-Length: 0
     assert core.acked >= {f"i{n}@test" for n in range(calls)}
     assert proxy.counters["responses_stateless"] > 0  # 2xx retransmissions relayed
     assert_clean(proxy, clock)
+
+
+def test_transaction_table_is_bounded_new_requests_get_503():
+    from .harness import CLIENT, capture, make_proxy
+
+    proxy, clock, out = make_proxy()
+    proxy.max_transactions = 2  # one relayed MESSAGE = a server and a client transaction
+    proxy.receive_from_flow(7, capture("jssip_02_MESSAGE"), CLIENT, "ws")
+    assert len(proxy.table) == 2 and len(out.to_targets) == 1
+    proxy.receive_from_flow(7, capture("jssip_03_OPTIONS"), CLIENT, "ws")
+    _, data = out.to_flows[-1]
+    assert data.startswith(b"SIP/2.0 503 Overloaded")
+    assert len(proxy.table) == 2 and len(out.to_targets) == 1
+    assert proxy.counters["overload"] == 1
