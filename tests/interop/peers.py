@@ -116,19 +116,21 @@ class KamailioCore:
 
 @dataclass
 class JsSipUa:
-    """A JsSIP UA in Node (tests/interop/js/ua.js), commands in, events out."""
+    """A JsSIP UA in Node (tests/interop/js/ua.js), commands in, events out;
+    ``script="sipjs_ua.mjs"`` runs a SIP.js UA with the same protocol."""
 
     ws_url: str
     uri: str
     answer: str = "auto"
+    script: str = "ua.js"
     process: subprocess.Popen | None = None
     events: "queue.Queue[dict[str, Any]]" = field(default_factory=queue.Queue)
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> "JsSipUa":
         node = require_peer("node", "Node.js")
-        script = HERE / "js" / "ua.js"
-        if not (HERE / "js" / "node_modules" / "jssip").is_dir():
+        script = HERE / "js" / self.script
+        if not (HERE / "js" / "node_modules" / "sip.js").is_dir():
             raise AssertionError("tests/interop/js/node_modules is missing: run `make test` (npm install)")
         self.process = subprocess.Popen(
             [node, str(script), "--ws", self.ws_url, "--uri", self.uri, "--answer", self.answer],

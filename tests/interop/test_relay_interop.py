@@ -81,6 +81,27 @@ def test_jssip_clients_register_with_path_and_exchange_messages(sipws_factory, p
 
 
 @pytest_twisted.inlineCallbacks
+def test_sipjs_and_jssip_clients_exchange_messages_through_the_core(sipws_factory, peers, tmp_path):
+    """The two browser SIP stacks side by side: SIP.js and JsSIP register through
+    sipws to Kamailio and reach each other through the core."""
+    kamailio, root, (alice,) = yield _core_and_ua(sipws_factory, peers, tmp_path, ("alice",))
+    carol = peers(JsSipUa(f"ws://127.0.0.1:{port_of(root)}", "sip:carol@example.com", script="sipjs_ua.mjs"))
+    yield blocking(carol.start)
+    event = yield blocking(carol.register)
+    assert event["status"] == 200
+    dump = yield blocking(kamailio.kamcmd, "ul.dump")
+    assert "carol" in dump and dump.count(f"127.0.0.1:{sip_port(root)}") >= 2, dump
+    carol.send(cmd="message", target="sip:alice@example.com", body="from SIP.js")
+    got = yield blocking(alice.expect, "message")
+    assert got["body"] == "from SIP.js" and got["from"] == "sip:carol@example.com"
+    sent = yield blocking(carol.expect, "message_sent")
+    assert sent["status"] == 200
+    alice.send(cmd="message", target="sip:carol@example.com", body="from JsSIP")
+    got = yield blocking(carol.expect, "message")
+    assert got["body"] == "from JsSIP" and got["from"] == "sip:alice@example.com"
+
+
+@pytest_twisted.inlineCallbacks
 def test_sipp_calls_a_jssip_user_and_either_side_hangs_up(sipws_factory, peers, tmp_path):
     kamailio, root, (alice,) = yield _core_and_ua(sipws_factory, peers, tmp_path)
     # Caller hangs up.
