@@ -44,6 +44,8 @@ log = Logger(namespace="sipws.transport.relay")
 OnError = Optional[Callable[[str], None]]
 #: Listen backlog of the SIP TCP/TLS sockets.
 LISTEN_BACKLOG = 511
+#: Seconds an address that refused a connection is tried last (RFC 3263 failover).
+FAILED_ADDRESS_MEMORY = 30.0
 #: Counters this layer keeps (more appear as the stream pool counts them).
 KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
@@ -74,6 +76,8 @@ class Relay(Service):
         self._listening: list[Any] = []
         self._tls_server_options: Any = None
         self._tls_client_cache: dict[str, Any] = {}
+        #: (transport, (ip, port)) -> when a connection to it last failed.
+        self._failed_at: dict[tuple[str, tuple[str, int]], float] = {}
 
     # -- start and stop --------------------------------------------------------------
 
@@ -223,9 +227,37 @@ class Relay(Service):
             return
         if target.transport in ("tcp", "tls"):
             server_name = address[0] if _is_ip(target.host) else target.host
-            self.pool.send(target.transport, address, data, on_error, server_name)
+            self._send_stream(target.transport, self._by_health(target.transport, addresses), 0,
+                              data, on_error, server_name)
             return
         _report(on_error, f"unsupported transport {target.transport}")
+
+    def _send_stream(self, transport: str, addresses: list[tuple[str, int]], index: int, data: bytes,
+                     on_error: OnError, server_name: str) -> None:
+        """RFC 3263 §4.3: when a connection to one address fails, try the next
+        (SRV order, addresses that failed lately last); the request fails only
+        when every address did."""
+        address = addresses[index]
+
+        def failed(reason: str) -> None:
+            self._failed_at[(transport, address)] = self.reactor.seconds()
+            if index + 1 < len(addresses):
+                log.info("{transport}:{host}:{port} failed ({reason}); trying the next address",
+                         transport=transport, host=address[0], port=address[1], reason=reason)
+                self._send_stream(transport, addresses, index + 1, data, on_error, server_name)
+            else:
+                _report(on_error, reason)
+
+        self.pool.send(transport, address, data, failed, server_name)
+
+    def _by_health(self, transport: str, addresses: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The addresses in resolver order, those that failed in the last
+        FAILED_ADDRESS_MEMORY seconds moved to the end."""
+        if len(addresses) < 2 or not self._failed_at:
+            return addresses
+        since = self.reactor.seconds() - FAILED_ADDRESS_MEMORY
+        fresh = [a for a in addresses if self._failed_at.get((transport, a), -1.0) < since]
+        return fresh + [a for a in addresses if a not in fresh]
 
     def _udp_for(self, host: str) -> Optional[SipUdpProtocol]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -375,3 +375,38 @@ def test_tcp_keepalive_ping_gets_a_pong_and_bad_framing_closes_with_a_log_line(s
     assert any("framing error" in line and "127.0.0.1:" in line for line in sipws_log)
     assert root.stats.get("sip.framing_errors") == 1
     yield wait_for(lambda: not root.relay.pool.connections)
+
+
+@pytest_twisted.inlineCallbacks
+def test_srv_failover_to_the_next_address_when_a_connection_is_refused(sipws_factory, core_tcp):
+    """RFC 3263 §4.3: the first SRV target refuses TCP; the request reaches the second."""
+    dead = tcp_core()
+    dead_port = dead.number
+    yield dead.port.stopListening()
+    zone = MemoryZone("core.test")
+    zone.soa = (b"core.test", dns.Record_SOA(mname=b"ns.core.test", rname=b"root.core.test", ttl=60))
+    zone.records = {
+        b"core.test": [dns.Record_SOA(mname=b"ns.core.test", rname=b"root.core.test", ttl=60)],
+        b"_sip._tcp.core.test": [dns.Record_SRV(10, 1, dead_port, b"pbx.core.test", ttl=60),
+                                 dns.Record_SRV(20, 1, core_tcp.number, b"pbx.core.test", ttl=60)],
+        b"pbx.core.test": [dns.Record_A("127.0.0.1", ttl=60)],
+    }
+    dns_udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone])),
+                                interface="127.0.0.1")
+    try:
+        from twisted.names import client as dns_client
+
+        root = sipws_factory({"sip": {"listen": ["tcp:127.0.0.1:0"], "upstream": "sip:core.test;transport=tcp"}})
+        root.relay.resolver.resolver = dns_client.Resolver(servers=[("127.0.0.1", dns_udp.getHost().port)],
+                                                           resolv=None)
+        client = yield in_thread(open_client, port_of(root))
+        for n in range(2):
+            yield in_thread(exchange, client, ws_request("OPTIONS", f"failover-{n}", ruri="sip:core.test"))
+            req, _, conn = yield core_tcp.next()
+            conn.send(reply(req))
+            resp, _ = yield in_thread(read_sip, client)
+            assert resp.status == 200
+        assert root.stats.get("sip.connect_failures") == 1  # the second request went to the live one first
+        client.shutdown()
+    finally:
+        yield dns_udp.stopListening()
