@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipws.config import resolve_callable
+from sipws.transport import autobahn_tuning  # noqa: F401 - lazy option formatting (see module)
 from sipws.transport.connections import CLOSING, LOCAL, OPEN, REMOTE, ConnectionRecord
 
 log = Logger(namespace="sipws.ws")
