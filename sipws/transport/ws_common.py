@@ -14,6 +14,7 @@ The factory of either role provides: ``root``, ``transport_name``,
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -52,6 +53,26 @@ def protocol_options(section: Any, handshake_timeout: float) -> dict[str, Any]:
         closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
         autoFragmentSize=0,
     )
+
+
+def protocol_class_with_options(base: type, factory: Any) -> type:
+    """A subclass of ``base`` carrying ``factory``'s protocol options as class attributes.
+
+    On every new connection Autobahn copies each of its ~40 options from the
+    factory into the protocol's instance ``__dict__`` unless the protocol
+    already has the attribute; as class attributes they are shared by every
+    connection of the factory instead (part of the memory budget per idle
+    connection, bench/ws_memory.py).  Options are never changed per
+    connection, so nothing else differs.
+    """
+    options = {}
+    for name in base.CONFIG_ATTRS:
+        if hasattr(factory, name):
+            value = getattr(factory, name)
+            # A plain function as a class attribute would become a method (and get
+            # the protocol as first argument): keep it a plain callable.
+            options[name] = staticmethod(value) if isinstance(value, FunctionType) else value
+    return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
 def wait_until_gone(root: Any, records: list[ConnectionRecord], grace: float) -> defer.Deferred:

@@ -16,7 +16,8 @@ its NVX speedups, close handshake).  This module adds what sipws needs on top:
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -29,9 +30,14 @@ from sipws.tap import StartupError
 from sipws.transport import handshake
 from sipws.transport.connections import OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
-from sipws.transport.ws_common import ClosedHook, SipWebSocketMixin, protocol_options, wait_until_gone
+from sipws.transport.ws_common import (
+    ClosedHook, SipWebSocketMixin, protocol_class_with_options, protocol_options, wait_until_gone,
+)
 
 log = Logger(namespace="sipws.ws")
+
+#: What replaces a connection's parsed request headers once it is open (shared, read-only).
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 #: Seconds stopService waits for closing connections before aborting them.
 SHUTDOWN_GRACE = 3.0
@@ -155,6 +161,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._request = None
         self.http_response_data = None
         self.http_request_data = None
+        self.http_headers = NO_HEADERS  # Autobahn reads them only during the handshake
+        self.http_status_line = ""
         log.info(
             "opened {conn} origin={origin}",
             conn=record.describe(),
@@ -203,6 +211,7 @@ class SipServerFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             **protocol_options(section, timeout),
         )
+        self.protocol = protocol_class_with_options(SipServerProtocol, self)
         self.fire_closed = ClosedHook(config)
 
 

@@ -77,6 +77,18 @@ def test_accept_carries_sip_subprotocol_and_no_banner(sipws_factory):
     assert "access-control-allow-origin" not in headers
 
 
+@pytest_twisted.inlineCallbacks
+def test_permessage_deflate_offer_is_declined_not_fatal(sipws_factory):
+    """Node's ws (SIP.js) and browsers offer compression; sipws accepts the
+    connection without it (the offer must not break the handshake)."""
+    root = sipws_factory()
+    status, headers, _ = yield in_thread(
+        exchange, port_of(root),
+        headers=with_("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"))
+    assert status == 101
+    assert "sec-websocket-extensions" not in headers
+
+
 @pytest.mark.parametrize(
     "allowed, origin, status",
     [
