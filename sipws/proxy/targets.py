@@ -9,6 +9,7 @@ Record-Route and Path for each transport.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -36,6 +37,17 @@ class NoRoute(ProxyError):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+@functools.lru_cache(maxsize=1024)
+def is_ip_literal(host: str) -> bool:
+    """Is ``host`` a literal IPv4 or IPv6 address (no brackets)?  Cached:
+    next hops repeat, and this is on the relay's path for every request."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_invalid_host(host: str) -> bool:
@@ -74,11 +86,7 @@ class Target:
 
     @property
     def is_numeric(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_ip_literal(self.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

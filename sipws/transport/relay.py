@@ -21,8 +21,6 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import socket
 from typing import Any, Callable, Optional
 
@@ -195,7 +193,7 @@ class Relay(Service):
         if target.is_ws:
             self._send_ws(target, data, on_error)
             return
-        if _is_ip(target.host):  # the common case (a numeric upstream): no Deferred, no DNS
+        if target.is_numeric:  # the common case (a numeric upstream): no Deferred, no DNS
             self._send_resolved([(target.host, target.port_or_default)], target, data, on_error)
             return
         if not target.dialable:
@@ -226,7 +224,7 @@ class Relay(Service):
                     tracer.sip_message(None, "out", "udp", sock.local, address, data)
             return
         if target.transport in ("tcp", "tls"):
-            server_name = address[0] if _is_ip(target.host) else target.host
+            server_name = address[0] if target.is_numeric else target.host
             self._send_stream(target.transport, self._by_health(target.transport, addresses), 0,
                               data, on_error, server_name)
             return
@@ -313,16 +311,6 @@ class Relay(Service):
             "dns_queries": self.resolver.queries,
             "events": dict(sorted(proxy.counters.items())) if proxy else {},
         }
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_ip(host: str) -> bool:
-    """Is ``host`` a literal IPv4/IPv6 address?  Cached: next hops repeat."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _local_of(via: Any) -> tuple[str, int]:

@@ -28,7 +28,7 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError, DomainError
 
 from sipws.errors import SipwsError
-from sipws.proxy.targets import DEFAULT_PORTS, Target
+from sipws.proxy.targets import DEFAULT_PORTS, Target, is_ip_literal
 
 log = Logger(namespace="sipws.transport.resolver")
 
@@ -47,14 +47,6 @@ Address = tuple[str, int]
 
 class ResolveError(SipwsError):
     """A target's name does not resolve (no such name, no address, DNS failure)."""
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def order_srv(records: list[tuple[int, int, int, str]], rng: random.Random) -> list[tuple[int, int, int, str]]:
@@ -107,7 +99,7 @@ class SipResolver:
 
     def resolve(self, target: Target) -> defer.Deferred:
         host = target.host.strip("[]")
-        if _is_ip(host):
+        if is_ip_literal(host):
             return defer.succeed([(host, target.port_or_default)])
         key = (target.transport, host.lower().rstrip("."), target.port)
         cached = self._cache.get(key)
