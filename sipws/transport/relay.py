@@ -25,7 +25,7 @@ import socket
 from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from sipws.proxy import EdgeProxy, FlowTokens, LocalAddresses
@@ -44,6 +44,8 @@ OnError = Optional[Callable[[str], None]]
 LISTEN_BACKLOG = 511
 #: Seconds an address that refused a connection is tried last (RFC 3263 failover).
 FAILED_ADDRESS_MEMORY = 30.0
+#: Failed addresses remembered at most.
+MAX_FAILED_ADDRESSES = 1024
 #: Counters this layer keeps (more appear as the stream pool counts them).
 KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
@@ -148,8 +150,6 @@ class Relay(Service):
         self.udp.clear()
         for kind in ("sip-udp", "sip-tcp", "sip-tls"):
             self.root.ports.pop(kind, None)
-        from twisted.internet import defer
-
         return defer.gatherResults([d for d in stopping if d is not None])
 
     # -- input ---------------------------------------------------------------------------
@@ -164,14 +164,15 @@ class Relay(Service):
         else:
             self.proxy.receive_from_sip(data, record.remote, record.transport)
 
-    def _received(self, data: bytes, source: tuple[str, int], transport: str, via: Any) -> None:
-        """One UDP datagram or framed TCP/TLS message from the SIP side."""
+    def _received(self, data: bytes, source: tuple[str, int], transport: str, receiver: Any) -> None:
+        """One UDP datagram or framed TCP/TLS message from the SIP side; ``receiver``
+        is the socket's protocol (for the local address in traces)."""
         if self.proxy is None:
             return
         self.counters.incr("sip.messages_in." + transport)
         tracer = self.root.tracer
         if tracer.enabled:
-            tracer.sip_message(None, "in", transport, source, _local_of(via), data)
+            tracer.sip_message(None, "in", transport, source, _local_of(receiver), data)
         self.proxy.receive_from_sip(data, source, transport)
 
     def _connection_closed(self, record: ConnectionRecord) -> None:
@@ -238,7 +239,7 @@ class Relay(Service):
         address = addresses[index]
 
         def failed(reason: str) -> None:
-            self._failed_at[(transport, address)] = self.reactor.seconds()
+            self._remember_failure(transport, address)
             if index + 1 < len(addresses):
                 log.info("{transport}:{host}:{port} failed ({reason}); trying the next address",
                          transport=transport, host=address[0], port=address[1], reason=reason)
@@ -247,6 +248,20 @@ class Relay(Service):
                 _report(on_error, reason)
 
         self.pool.send(transport, address, data, failed, server_name)
+
+    def _remember_failure(self, transport: str, address: tuple[str, int]) -> None:
+        """Note when a connection to ``address`` failed; entries older than
+        FAILED_ADDRESS_MEMORY are forgotten once the map grows (next hops come
+        from clients' Routes too: it must not grow without bound)."""
+        now = self.reactor.seconds()
+        failed_at = self._failed_at
+        failed_at[(transport, address)] = now
+        if len(failed_at) > MAX_FAILED_ADDRESSES:
+            since = now - FAILED_ADDRESS_MEMORY
+            for key in [k for k, when in failed_at.items() if when < since]:
+                del failed_at[key]
+            while len(failed_at) > MAX_FAILED_ADDRESSES:  # all recent: drop the oldest
+                del failed_at[next(iter(failed_at))]
 
     def _by_health(self, transport: str, addresses: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The addresses in resolver order, those that failed in the last
@@ -313,8 +328,8 @@ class Relay(Service):
         }
 
 
-def _local_of(via: Any) -> tuple[str, int]:
-    transport = getattr(via, "transport", None)
+def _local_of(protocol: Any) -> tuple[str, int]:
+    transport = getattr(protocol, "transport", None)
     if transport is None:
         return ("0.0.0.0", 0)
     host = transport.getHost()

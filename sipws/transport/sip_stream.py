@@ -265,7 +265,6 @@ class StreamPool:
         if dial.connecting is not None:
             dial.connecting.cancel()
         if dial.protocol is not None and dial.protocol.transport is not None:
-            dial.protocol.failure = "timed out"
             dial.protocol.transport.abortConnection()
         self._fail_dial(dial, "connection timed out")
 
@@ -287,8 +286,6 @@ class StreamPool:
         if dial.timeout is not None and dial.timeout.active():
             dial.timeout.cancel()
         transport_name, host, port = dial.key
-        if not dial.queue and reason == "connection timed out":
-            return
         log.warn("cannot reach {transport}:{host}:{port}: {reason}", transport=transport_name,
                  host=host, port=port, reason=reason)
         self.stats.incr("sip.connect_failures")
