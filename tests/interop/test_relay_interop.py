@@ -101,22 +101,24 @@ def test_sipjs_and_jssip_clients_exchange_messages_through_the_core(sipws_factor
     assert got["body"] == "from JsSIP" and got["from"] == "sip:alice@example.com"
 
 
+def start_caller(peers, scenario: str, kamailio: KamailioCore, tmp_path) -> Sipp:
+    """A sipp caller running ``scenario`` toward alice through Kamailio (one call)."""
+    return peers(Sipp(scenario, free_port(), f"127.0.0.1:{kamailio.port}",
+                      ["-s", "alice", "-m", "1", "-timeout", "30s"], tmp_path)).start()
+
+
 @pytest_twisted.inlineCallbacks
 def test_sipp_calls_a_jssip_user_and_either_side_hangs_up(sipws_factory, peers, tmp_path):
     kamailio, root, (alice,) = yield _core_and_ua(sipws_factory, peers, tmp_path)
     # Caller hangs up.
-    caller = peers(Sipp("uac_bye.xml", free_port(), f"127.0.0.1:{kamailio.port}",
-                        ["-s", "alice", "-m", "1", "-timeout", "30s"], tmp_path))
-    caller.start()
+    caller = start_caller(peers, "uac_bye.xml", kamailio, tmp_path)
     yield blocking(alice.expect, "confirmed", tag="in")
     ended = yield blocking(alice.expect, "ended", tag="in")
     assert ended["originator"] == "remote"
     code = yield blocking(caller.wait)
     assert code == 0, caller.messages()[-3000:]
     # Callee (the browser) hangs up.
-    caller = peers(Sipp("uac_remote_bye.xml", free_port(), f"127.0.0.1:{kamailio.port}",
-                        ["-s", "alice", "-m", "1", "-timeout", "30s"], tmp_path))
-    caller.start()
+    caller = start_caller(peers, "uac_remote_bye.xml", kamailio, tmp_path)
     yield blocking(alice.expect, "confirmed", tag="in")
     alice.send(cmd="hangup")
     ended = yield blocking(alice.expect, "ended", tag="in")
@@ -157,9 +159,7 @@ def test_jssip_calls_sipp_behind_kamailio_and_cancels_a_ringing_call(sipws_facto
 @pytest_twisted.inlineCallbacks
 def test_core_request_to_a_closed_connection_gets_430(sipws_factory, peers, tmp_path):
     kamailio, root, (alice,) = yield _core_and_ua(sipws_factory, peers, tmp_path)
-    caller = peers(Sipp("uac_430.xml", free_port(), f"127.0.0.1:{kamailio.port}",
-                        ["-s", "alice", "-m", "1", "-timeout", "30s"], tmp_path))
-    caller.start()
+    caller = start_caller(peers, "uac_430.xml", kamailio, tmp_path)
     yield blocking(alice.expect, "confirmed", tag="in")
     alice.send(cmd="drop")  # the browser's connection goes away mid-dialog
     yield wait_for(lambda: len(root.connections) == 0)

@@ -94,18 +94,25 @@ def test_stopped_server_gives_503_promptly_then_restart_redials(kamailio, dialle
     yield wait_for(lambda: responses(dialler, "client-role-3@sipws"))
 
 
-@pytest_twisted.inlineCallbacks
-def test_sipp_requests_relayed_to_kamailio_over_the_client_connection(kamailio, sipws_factory, tmp_path):
-    """sipp (UDP) → sipws → Kamailio's WebSocket server, chosen by a transport=ws Route."""
-    root = sipws_factory({"ws": {"listen": []}, "sip": {"listen": ["udp:127.0.0.1:0"]}})
-    sip_port = root.listening("sip-udp")[0].getHost().port
-    sipp = Sipp("register_options_ws.xml", free_udp_tcp_port(), f"127.0.0.1:{sip_port}",
-                ["-key", "ws_port", str(kamailio.ws_port), "-m", "1", "-timeout", "20s"], tmp_path)
+@defer.inlineCallbacks
+def run_sipp(scenario: str, sip_port: int, ws_port: int, tmp_path):
+    """Run one sipp scenario against sipws's UDP socket (Route to the ws server); (exit code, sipp)."""
+    sipp = Sipp(scenario, free_udp_tcp_port(), f"127.0.0.1:{sip_port}",
+                ["-key", "ws_port", str(ws_port), "-m", "1", "-timeout", "20s"], tmp_path)
     sipp.start()
     try:
         code = yield threads.deferToThread(sipp.wait, 30).addTimeout(40, reactor)
     finally:
         sipp.stop()
+    return code, sipp
+
+
+@pytest_twisted.inlineCallbacks
+def test_sipp_requests_relayed_to_kamailio_over_the_client_connection(kamailio, sipws_factory, tmp_path):
+    """sipp (UDP) → sipws → Kamailio's WebSocket server, chosen by a transport=ws Route."""
+    root = sipws_factory({"ws": {"listen": []}, "sip": {"listen": ["udp:127.0.0.1:0"]}})
+    sip_port = root.listening("sip-udp")[0].getHost().port
+    code, sipp = yield run_sipp("register_options_ws.xml", sip_port, kamailio.ws_port, tmp_path)
     assert code == 0, sipp.messages()[-3000:]
     [record] = [r for r in root.connections if r.role == "client"]
     dump = kamailio.kamcmd("ws.dump")
@@ -114,11 +121,5 @@ def test_sipp_requests_relayed_to_kamailio_over_the_client_connection(kamailio, 
     # Kamailio gone: the next request gets 503 from sipws at once.
     kamailio.stop()
     yield wait_for(lambda: record.id not in root.connections)
-    down = Sipp("options_ws_503.xml", free_udp_tcp_port(), f"127.0.0.1:{sip_port}",
-                ["-key", "ws_port", str(kamailio.ws_port), "-m", "1", "-timeout", "20s"], tmp_path)
-    down.start()
-    try:
-        code = yield threads.deferToThread(down.wait, 30).addTimeout(40, reactor)
-    finally:
-        down.stop()
+    code, down = yield run_sipp("options_ws_503.xml", sip_port, kamailio.ws_port, tmp_path)
     assert code == 0, down.messages()[-3000:]
