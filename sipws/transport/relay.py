@@ -286,22 +286,31 @@ class Relay(Service):
             tracer.sip_message(None, "out", protocol.transport_name, _local_of(protocol), protocol.peer, data)
 
     def _send_ws(self, target: Target, data: bytes, on_error: OnError) -> None:
-        """A ws:// upstream or a ``transport=ws`` next hop: the client role's connection."""
-        record = self.root.connections.by_address(target.host, target.port_or_default, target.transport)
-        if record is not None and record.role == CLIENT and record.protocol is not None:
-            if record.protocol.send_message(data):
-                self.counters.incr("sip.messages_out." + target.transport)
-                return
-        client = getattr(self.root, "ws_client", None)
-        if client is None:
-            _report(on_error, "no WebSocket client role")
-            return
+        """A ws:// upstream or a ``transport=ws`` next hop: the client role's connection.
+
+        The WebSocket client decides reuse (one connection per target, the
+        certificate re-check of ``cert_check_on_conn_reusage``).  Only a target
+        it has no connection for, but which names an open client-role
+        connection by its address — a response to a request the dialled
+        server sent — goes straight to that connection.
+        """
         from sipws.transport.ws_client import WsTarget
 
         secure = target.transport == "wss"
         section = self.config.wss if secure else self.config.ws
+        port = target.port if target.port is not None else section.port
         resource = target.resource if target.resource != "/" else section.resource
-        ws_target = WsTarget(target.host, target.port_or_default, secure, resource)
+        ws_target = WsTarget(target.host, port, secure, resource)
+        client = getattr(self.root, "ws_client", None)
+        if client is None or ws_target not in client.links:
+            record = self.root.connections.by_address(target.host, port, target.transport)
+            if record is not None and record.role == CLIENT and record.protocol is not None:
+                if record.protocol.send_message(data):
+                    self.counters.incr("sip.messages_out." + target.transport)
+                    return
+        if client is None:
+            _report(on_error, "no WebSocket client role")
+            return
 
         def sent(result: Any) -> None:
             self.counters.incr("sip.messages_out." + target.transport)

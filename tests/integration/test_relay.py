@@ -410,3 +410,18 @@ def test_srv_failover_to_the_next_address_when_a_connection_is_refused(sipws_fac
         client.shutdown()
     finally:
         yield dns_udp.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_transport_ws_route_without_port_uses_the_ws_port_setting(sipws_factory, core):
+    """RFC 7118 next hop ``sip:host;transport=ws`` with no port: the client role
+    dials ``[ws] port`` (not a built-in 80)."""
+    server = sipws_factory()
+    received = []
+    server.set_message_handler(lambda record, data: received.append(parse(data)))
+    dialler = sipws_factory({"ws": {"listen": [], "port": port_of(server)},
+                             "sip": {"listen": ["udp:127.0.0.1:0"]}})
+    core.send(core_request("OPTIONS", "ws-port-1", "sip:ws.example.com", "<sip:127.0.0.1;transport=ws;lr>",
+                           core.number), ("127.0.0.1", sip_port(dialler)))
+    yield wait_for(lambda: received)
+    assert received[0].call_id == "ws-port-1" and received[0].top_via.transport == "WS"
