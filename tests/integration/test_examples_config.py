@@ -1,0 +1,119 @@
+"""examples/sipws-full.toml (the complete example docs/configuration.md points to)
+loads and starts: `twistd -n sipws` on a copy with loopback addresses, free ports,
+test certificates and a unix admin socket in the test's directory, answering
+WebSocket handshakes on ws and wss, tracing to HEP and answering sipws-ctl.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from sipws.config import _SCHEMA, load_config
+from tests.certs import CertificateAuthority
+from tests.integration.example_files import (
+    EXAMPLES, REPO, PortMap, SipwsProcess, dump_toml, free_port, replace_port,
+)
+from tests.integration.wsclient import RawWs
+
+FULL = EXAMPLES / "sipws-full.toml"
+SIPWS_CTL = os.path.join(os.path.dirname(sys.executable), "sipws-ctl")
+HEP_WAIT = 10.0
+
+
+def loopback(host: str) -> str:
+    return "127.0.0.1"
+
+
+def full_example_copy(tmp_path: Path, hep_port: int) -> tuple[dict, dict, str]:
+    """The shipped data, the copy's data (written to tmp_path/sipws.toml) and the test CA's path."""
+    shipped = tomllib.loads(FULL.read_text())
+    data = copy.deepcopy(shipped)
+    ports = PortMap()
+    for section in ("ws", "wss"):
+        data[section]["listen"] = [replace_port(entry, ports, loopback) for entry in data[section]["listen"]]
+    data["sip"]["listen"] = [replace_port(entry, ports, loopback) for entry in data["sip"]["listen"]]
+    transport = data["sip"]["upstream"].rpartition("transport=")[2] or "udp"
+    data["sip"]["upstream"] = f"sip:127.0.0.1:{free_port()};transport={transport}"
+    data["trace"]["destination"] = f"udp:127.0.0.1:{hep_port}"
+    ca = CertificateAuthority(tmp_path / "pki")
+    issued = ca.issue("sipws", ["sip.example.com", "127.0.0.1"])
+    data["wss"]["certificate"], data["wss"]["private_key"] = issued.cert, issued.key
+    data["wss"]["ca_list"] = data["wss"]["ca_list"] and ca.path
+    data["admin"]["listen"] = f"unix:{tmp_path}/admin.sock"
+    (tmp_path / "sipws.toml").write_text(dump_toml(data))
+    return shipped, data, ca.path
+
+
+def test_full_example_has_every_section_and_only_the_documented_overrides(tmp_path):
+    shipped = tomllib.loads(FULL.read_text())
+    assert set(shipped) == set(_SCHEMA), "examples/sipws-full.toml should show every section"
+    _, data, _ = full_example_copy(tmp_path, 9)
+    overridden = {("ws", "listen"), ("wss", "listen"), ("wss", "certificate"), ("wss", "private_key"),
+                  ("wss", "ca_list"), ("sip", "listen"), ("sip", "upstream"), ("trace", "destination"),
+                  ("admin", "listen")}
+    for section, values in shipped.items():
+        for key, value in values.items():
+            if (section, key) not in overridden:
+                assert data[section][key] == value, (section, key)
+    # The file's header comment names the same overrides.
+    header = FULL.read_text().split("\n[", 1)[0]
+    for section, key in overridden - {("wss", "ca_list")}:
+        assert f"[{section}] {key}" in header or key in header, (section, key)
+
+
+def test_configuration_md_points_to_the_full_example():
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert "examples/sipws-full.toml" in text
+    assert "```toml" not in text.split("## A complete example", 1)[-1], "the inline example moved to the file"
+
+
+def test_full_example_loads_and_starts(tmp_path):
+    hep = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hep.bind(("127.0.0.1", 0))
+    hep.settimeout(HEP_WAIT)
+    try:
+        shipped, data, ca_path = full_example_copy(tmp_path, hep.getsockname()[1])
+        config = load_config(str(tmp_path / "sipws.toml"))
+        assert config.http.allowed_origins == tuple(shipped["http"]["allowed_origins"])
+        assert config.keepalive.timeout == shipped["keepalive"]["timeout"]
+        assert config.trace.on and config.trace.capture_id == shipped["trace"]["capture_id"]
+        assert config.client.headers == tuple(shipped["client"]["headers"].items())
+
+        ws_port = int(data["ws"]["listen"][0].rsplit(":", 1)[1])
+        wss_port = int(data["wss"]["listen"][0].rsplit(":", 1)[1])
+        sipws = SipwsProcess(tmp_path / "sipws.toml", tmp_path / "sipws.log")
+        try:
+            sipws.start(ws_port)
+            log = sipws.log_text()
+            assert "listening wss" in log and "listening sip udp" in log, log
+
+            client = RawWs(ws_port)
+            client.upgrade()
+            client.shutdown()
+            tls = ssl.create_default_context(cafile=ca_path)
+            client = RawWs(wss_port, tls=tls, server_hostname="sip.example.com")
+            headers = client.upgrade()
+            assert headers["sec-websocket-protocol"] == "sip"
+            # Tracing is on in the example: the connections reach the HEP collector.
+            packet, _ = hep.recvfrom(65535)
+            assert packet.startswith(b"HEP3")
+            # The admin unix socket answers sipws-ctl.
+            result = subprocess.run([SIPWS_CTL, "--url", data["admin"]["listen"], "--json", "ws.dump"],
+                                    capture_output=True, timeout=15)
+            assert result.returncode == 0, result.stderr
+            assert any(c["transport"] == "wss" for c in json.loads(result.stdout)["connections"]), result.stdout
+            client.shutdown()
+        finally:
+            status = sipws.stop()
+        assert status in (0, -15), sipws.log_text()[-3000:]
+        assert "Traceback" not in sipws.log_text(), sipws.log_text()[-3000:]
+    finally:
+        hep.close()
