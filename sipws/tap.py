@@ -137,6 +137,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
     for module_name in (
         "sipws.logsetup",
         "sipws.trace.tracer",
+        "sipws.transport.tls_store",
         "sipws.transport.ws_server",
         "sipws.transport.ws_client",
         "sipws.transport.relay",

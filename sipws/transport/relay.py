@@ -74,8 +74,6 @@ class Relay(Service):
         for name in KNOWN_COUNTERS:  # shown (as 0) in stats and /metrics from the start
             self.counters.incr(name, 0)
         self._listening: list[Any] = []
-        self._tls_server_options: Any = None
-        self._tls_client_cache: dict[str, Any] = {}
         #: (transport, (ip, port)) -> when a connection to it last failed.
         self._failed_at: dict[tuple[str, tuple[str, int]], float] = {}
 
@@ -117,22 +115,10 @@ class Relay(Service):
         return (transport, host, actual.port)
 
     def _server_tls(self) -> Any:
-        if self._tls_server_options is None:
-            from sipws.transport.tls import server_tls_options
-
-            self._tls_server_options = server_tls_options(self.config.wss)
-        return self._tls_server_options
+        return self.root.tls.server("sip-tls")
 
     def _tls_client_options(self, server_name: str) -> Any:
-        options = self._tls_client_cache.get(server_name)
-        if options is None:
-            from sipws.transport.tls import client_tls_options
-
-            wss, client = self.config.wss, self.config.client
-            options = client_tls_options(server_name, wss.ca_list, wss.verify_server, client.certificate,
-                                         client.private_key, wss.min_tls_version)
-            self._tls_client_cache[server_name] = options
-        return options
+        return self.root.tls.client(server_name)
 
     def startService(self) -> None:
         super().startService()

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from sipws.sip import SipParseError
 from sipws.sip.framer import StreamFramer
 from sipws.sip.limits import Limits
+from sipws.transport.tls_failure import describe_tls_failure
 
 log = Logger(namespace="sipws.transport.sip_stream")
 
@@ -123,6 +124,10 @@ class SipStreamProtocol(Protocol):
         self.pool.on_sent(self, data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if not self.dialled and reason is not None and reason.check(SSL.Error):
+            tls = describe_tls_failure(reason.value)
+            log.warn("{transport} {host}:{port}: {reason} (side={side})", transport=self.transport_name,
+                     host=self.peer[0], port=self.peer[1], reason=tls.text, side=tls.side)
         if not self.ready and reason is not None:
             self.failure = reason.getErrorMessage()
             if reason.check(SSL.Error, VerificationError):

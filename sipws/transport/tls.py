@@ -10,6 +10,18 @@ the client's server_name (exact, then ``*.`` wildcard), else the first file in
 name order.  Implemented with pyOpenSSL's servername callback rather than
 Twisted's PEM-directory endpoint, which loops at start-up on a self-signed
 root in the directory.
+
+ALPN: every browser offers ``http/1.1`` when it opens wss://.  Twisted 26
+installs an ALPN selection callback on every server context it builds, and
+that callback answers "no overlap" in a way pyOpenSSL 26 treats as "abort the
+handshake": the browser gets alert 80 (internal error).  Every server context
+sipws hands out gets its own callback instead (``_install_alpn``): it picks
+``http/1.1`` on wss listeners when offered and otherwise goes on without ALPN
+(RFC 7301 §3.2 allows a server to ignore protocols it does not support).
+
+Reload: ``ReloadableServerTls`` is the object the listeners hold; it hands
+out the current context for each new connection, so ``reload()`` swaps the
+certificate for new handshakes while open connections keep theirs.
 """
 
 from __future__ import annotations
@@ -29,6 +41,11 @@ from sipws.config import ConfigError, WssConfig
 
 _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 _PEM_SUFFIXES = (".pem", ".crt")
+
+#: ALPN protocols a wss listener selects (WebSocket runs over HTTP/1.1, RFC 6455).
+WSS_ALPN: tuple[bytes, ...] = (b"http/1.1",)
+#: ALPN protocols the SIP-side TLS listener selects: none (RFC 5630 defines no token).
+SIP_TLS_ALPN: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,13 +124,32 @@ def _ca_certificates(key: str, path: str) -> list[Any]:
         raise ConfigError(key, f"{path!r} is not a valid PEM CA bundle") from None
 
 
-def _options(wss: WssConfig, certificate: Any, private_key: Any, chain: list[Any]) -> ssl.CertificateOptions:
+def _alpn_selector(acceptable: tuple[bytes, ...]) -> Any:
+    """An ALPN select callback that never aborts a handshake."""
+
+    def select(connection: Any, offered: list[bytes]) -> Any:
+        for protocol in acceptable:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def _install_alpn(options: Any, acceptable: tuple[bytes, ...]) -> Any:
+    """Replace Twisted's ALPN callback on the options' (cached) context; returns options."""
+    options.getContext().set_alpn_select_callback(_alpn_selector(acceptable))
+    return options
+
+
+def _options(wss: WssConfig, certificate: Any, private_key: Any, chain: list[Any],
+             alpn: tuple[bytes, ...]) -> ssl.CertificateOptions:
     kwargs: dict[str, Any] = {}
     if wss.ca_list:
         kwargs["caCerts"] = [c.original for c in _ca_certificates("[wss] ca_list", wss.ca_list)]
         kwargs["verify"] = True
         kwargs["requireCertificate"] = wss.require_client_cert
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=private_key,
         certificate=certificate,
         extraCertChain=chain,
@@ -121,9 +157,10 @@ def _options(wss: WssConfig, certificate: Any, private_key: Any, chain: list[Any
         enableSessions=False,
         **kwargs,
     )
+    return _install_alpn(options, alpn)
 
 
-def _directory_identities(wss: WssConfig) -> list[_Identity]:
+def _directory_identities(wss: WssConfig, alpn: tuple[bytes, ...]) -> list[_Identity]:
     key = "[wss] certificate"
     files = sorted(
         name for name in os.listdir(wss.certificate) if name.lower().endswith(_PEM_SUFFIXES)
@@ -135,7 +172,7 @@ def _directory_identities(wss: WssConfig) -> list[_Identity]:
         if b"PRIVATE KEY-----" not in pem:
             continue  # a CA or chain file: not an identity of its own
         cert, private_key, chain = _load_pair(f"{key} ({name})", pem, f"{key} ({name})", pem)
-        identities.append(_Identity(_names(cert), _options(wss, cert, private_key, chain)))
+        identities.append(_Identity(_names(cert), _options(wss, cert, private_key, chain, alpn)))
     if not identities:
         raise ConfigError(key, f"no PEM file with a certificate and its key in {wss.certificate!r}")
     return identities
@@ -153,7 +190,7 @@ class _SniOptions:
     """A context factory choosing the identity by the client's server_name."""
 
     def __init__(self, identities: list[_Identity]) -> None:
-        self._identities = identities
+        self.identities = identities
         self._default = identities[0].options.getContext()
         self._default.set_tlsext_servername_callback(self._pick)
 
@@ -162,7 +199,7 @@ class _SniOptions:
         if not raw:
             return
         server_name = raw.decode("ascii", "replace").lower()
-        for identity in self._identities:
+        for identity in self.identities:
             if _matches(server_name, identity.names):
                 connection.set_context(identity.options.getContext())
                 return
@@ -171,15 +208,54 @@ class _SniOptions:
         return self._default
 
 
-def server_tls_options(wss: WssConfig) -> Any:
-    """The context factory for wss listeners, built and checked now."""
+def server_tls_options(wss: WssConfig, alpn: tuple[bytes, ...] = WSS_ALPN) -> Any:
+    """A context factory for TLS listeners, built from the files and checked now."""
     if os.path.isdir(wss.certificate):
-        return _SniOptions(_directory_identities(wss))
+        return _SniOptions(_directory_identities(wss, alpn))
     cert, private_key, chain = _load_pair(
         "[wss] certificate", _read("[wss] certificate", wss.certificate),
         "[wss] private_key", _read("[wss] private_key", wss.private_key),
     )
-    return _options(wss, cert, private_key, chain)
+    return _options(wss, cert, private_key, chain, alpn)
+
+
+def certificate_summary(options: Any) -> list[dict[str, Any]]:
+    """Names and expiry of the certificate(s) a server context factory serves."""
+    identities = options.identities if isinstance(options, _SniOptions) else [options]
+    summary = []
+    for identity in identities:
+        opts = identity.options if isinstance(identity, _Identity) else identity
+        cert = opts.certificate.to_cryptography()
+        summary.append({
+            "subject": cert.subject.rfc4514_string(),
+            "names": list(_names(opts.certificate)),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "serial": format(cert.serial_number, "x"),
+        })
+    return summary
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableServerTls:
+    """What a TLS listener holds: the current context, swapped by ``reload``.
+
+    Twisted asks ``getContext()`` for every new connection, so a reload changes
+    the certificate of new handshakes only; open connections keep their TLS
+    session untouched.
+    """
+
+    def __init__(self, wss: WssConfig, alpn: tuple[bytes, ...]) -> None:
+        self._wss = wss
+        self._alpn = alpn
+        self.current = server_tls_options(wss, alpn)
+
+    def getContext(self) -> Any:
+        return self.current.getContext()
+
+    def reload(self) -> list[dict[str, Any]]:
+        """Re-read the files; a ConfigError leaves the current context in place."""
+        self.current = server_tls_options(self._wss, self._alpn)
+        return certificate_summary(self.current)
 
 
 def client_tls_options(
@@ -189,15 +265,20 @@ def client_tls_options(
     client_cert: str = "",
     client_key: str = "",
     min_tls_version: str = "1.2",
+    alpn: tuple[bytes, ...] = (),
 ) -> Any:
-    """Options for dialling a TLS server: certificate and host name checked, SNI sent."""
+    """Options for dialling a TLS server: certificate and host name checked, SNI sent.
+
+    ``alpn`` is offered in the ClientHello (``WSS_ALPN`` for wss, as browsers do).
+    """
     minimum = _VERSIONS[min_tls_version]
+    offered = list(alpn) or None
     client_certificate = None
     if client_cert:
         pem = _read("client certificate", client_cert) + b"\n" + _read("client key", client_key or client_cert)
         client_certificate = ssl.PrivateCertificate.loadPEM(pem)
     if not verify:
-        return ssl.CertificateOptions(raiseMinimumTo=minimum, verify=False, **(
+        return ssl.CertificateOptions(raiseMinimumTo=minimum, verify=False, acceptableProtocols=offered, **(
             {"privateKey": client_certificate.privateKey.original, "certificate": client_certificate.original}
             if client_certificate else {}
         ))
@@ -206,7 +287,8 @@ def client_tls_options(
         certificates = _ca_certificates("[wss] ca_list", ca_list)
         trust = ssl.trustRootFromCertificates(certificates)
     return ssl.optionsForClientTLS(
-        hostname, trustRoot=trust, clientCertificate=client_certificate, extraCertificateOptions={"raiseMinimumTo": minimum}
+        hostname, trustRoot=trust, clientCertificate=client_certificate, acceptableProtocols=offered,
+        extraCertificateOptions={"raiseMinimumTo": minimum},
     )
 
 

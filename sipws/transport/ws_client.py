@@ -301,18 +301,11 @@ class WsClient(Service):
         return link
 
     def _tls_options(self, target: WsTarget) -> Any:
-        from sipws.transport.tls import client_tls_options
+        from sipws.transport.tls import WSS_ALPN
 
-        wss = self.config.wss
-        client = self.config.client
-        return client_tls_options(
-            target.host,
-            ca_list=wss.ca_list,
-            verify=wss.verify_server,
-            client_cert=client.certificate,
-            client_key=client.private_key,
-            min_tls_version=wss.min_tls_version,
-        )
+        # ALPN http/1.1 offered as browsers do: some front ends (HAProxy, nginx
+        # with h2 enabled) pick the HTTP version from it.
+        return self.root.tls.client(target.host, WSS_ALPN)
 
     def _dial_failed(self, failure: Any, link: _Link) -> None:
         timed_out = failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError) is not None

@@ -18,12 +18,16 @@ from types import FunctionType
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
+from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sipws.config import resolve_callable
 from sipws.transport import autobahn_tuning  # noqa: F401 - lazy option formatting (see module)
 from sipws.transport.connections import CLOSING, LOCAL, OPEN, REMOTE, ConnectionRecord
+from sipws.transport.tls_failure import TlsFailure, describe_tls_failure
 
 log = Logger(namespace="sipws.ws")
 
@@ -136,6 +140,7 @@ class SipWebSocketMixin:
         )
         self._frames = 0
         self._local_abort = ""
+        self._tls_failure: TlsFailure | None = None
         self.paused_since: float | None = None
         self.keepalive_at = 0.0
         root.connections.add(self.record)
@@ -165,11 +170,26 @@ class SipWebSocketMixin:
         """Why the opening handshake failed, if it did (role-specific)."""
         return None
 
+    def _note_tls_failure(self, reason: Any) -> Any:
+        """Record a TLS failure's real cause and side; returns the reason to pass on.
+
+        Autobahn would log any ``SSL.Error`` as ``SSL error: ...`` at error
+        level with no peer and no side; the connection's own closed line says
+        it instead, so Autobahn gets a plain ConnectionLost carrying the text.
+        """
+        if reason is None or reason.check(SSL.Error) is None:
+            return reason
+        self._tls_failure = describe_tls_failure(reason.value)
+        return Failure(ConnectionLost(self._tls_failure.text))
+
     def _close_outcome(self) -> tuple[int | None, str, str]:
         """(code, reason, side) of a finished connection, for the closed event."""
         failure = self._handshake_failure()
         if failure is not None:
             return None, failure, LOCAL
+        tls = self._tls_failure
+        if tls is not None:
+            return None, tls.text, tls.side
         if self._local_abort:
             return None, self._local_abort, LOCAL
         if getattr(self, "closedByMe", False) and getattr(self, "localCloseCode", None) is not None:

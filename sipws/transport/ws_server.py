@@ -57,6 +57,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Any) -> None:
+        reason = self._note_tls_failure(reason)
         self._leave_table()
         super().connectionLost(reason)
 
@@ -229,9 +230,7 @@ class WsServerService(Service):
         }
         self._tls_options: Any = None
         if root.config.wss.listen:
-            from sipws.transport.tls import server_tls_options
-
-            self._tls_options = server_tls_options(root.config.wss)
+            self._tls_options = root.tls.server("wss")
 
     def privilegedStartService(self) -> None:
         reactor = self.root.reactor
