@@ -39,6 +39,7 @@ NO_SUCH_CONNECTION = -32001
 NOT_OPEN = -32002
 NOT_AVAILABLE = -32003
 CONNECT_FAILED = -32004
+RELOAD_FAILED = -32005
 
 # -- limits and defaults ------------------------------------------------------------
 
@@ -359,6 +360,19 @@ def version(root: Any) -> dict[str, Any]:
     return {"name": "sipws", "version": __version__}
 
 
+def tls_reload(root: Any) -> dict[str, Any]:
+    """Re-read the certificate files (as SIGHUP does); a bad file keeps the old ones."""
+    from sipws.config import ConfigError
+
+    store = getattr(root, "tls", None)
+    if store is None:
+        raise AdminError("TLS is not set up in this instance", NOT_AVAILABLE)
+    try:
+        return store.reload()
+    except ConfigError as exc:  # the admin layer logs the refusal: one line naming the key
+        raise AdminError(f"reload failed, current certificates kept: {exc}", RELOAD_FAILED) from None
+
+
 _ID = Param("id", _int(minimum=1))
 
 METHODS: dict[str, Method] = {
@@ -383,6 +397,7 @@ METHODS: dict[str, Method] = {
         Method("trace", trace, (Param("state", _on_off, None),), mutating=True),
         Method("stats", stats),
         Method("version", version),
+        Method("tls.reload", tls_reload, mutating=True),
     )
 }
 
