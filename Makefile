@@ -22,14 +22,21 @@ CONFIG ?=
 
 venv: $(STAMP)
 
+# Editable install in setuptools' supported "lenient" mode (its default, named
+# here so a change of default cannot break us): with package-dir {"" = "."} it
+# writes a static .pth holding the project root, so Twisted's plugin scan finds
+# twisted/plugins/sipws_plugin.py in the source tree (docs/install.md).
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q --config-settings editable_mode=compat -e '.[test]'
+	$(PIP) install -q --config-settings editable_mode=lenient -e '.[test]'
 	touch $@
 
+# The sipws command (= twistd -n --pidfile= sipws): exits 0 after a clean
+# shutdown on SIGTERM or Ctrl-C.  No shell metacharacters in the recipe, so make
+# runs sipws itself (no /bin/sh in between to swallow or mangle signals).
 run: $(STAMP)
-	$(VENV)/bin/twistd -n --pidfile= sipws $(if $(CONFIG),--config $(CONFIG))
+	$(VENV)/bin/sipws $(if $(CONFIG),--config $(CONFIG))
 
 system-deps: $(APT_STAMP)
 

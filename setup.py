@@ -1,8 +1,8 @@
 """Packaging shim: metadata lives in pyproject.toml.
 
-Kept so that `pip install -e .` works on older tooling and so the twistd
-plugin (twisted/plugins/sipws_plugin.py, a namespace with no __init__.py)
-is installed beside the package.
+Kept so that tools which still look for setup.py keep working.  pyproject.toml
+also ships the twistd plugin (twisted/plugins/sipws_plugin.py, in a namespace
+with no __init__.py) beside the package; see docs/install.md.
 """
 from setuptools import setup
 

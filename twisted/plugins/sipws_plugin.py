@@ -1,14 +1,15 @@
 """twistd plugin: makes `twistd -n sipws --config sipws.toml` work.
 
-This directory must not have an __init__.py: twisted.plugins is a namespace
-that Twisted extends with every twisted/plugins directory on sys.path.
+This directory must not have an __init__.py (nor may twisted/): twisted.plugins
+is Twisted's own package, which extends its __path__ with every
+twisted/plugins directory on sys.path.  A regular install puts this file into
+site-packages/twisted/plugins/ beside Twisted's plugins (pyproject.toml lists
+``twisted.plugins`` as a package); an editable install leaves it here, with the
+project root on sys.path.
+
+The ServiceMaker lives in sipws.cli, shared with the ``sipws`` command.
 """
 
-from twisted.application.service import ServiceMaker
+from sipws.cli import SERVICE_MAKER as sipws
 
-sipws = ServiceMaker(
-    "sipws",
-    "sipws.tap",
-    "SIP over WebSocket (RFC 7118) edge proxy",
-    "sipws",
-)
+__all__ = ["sipws"]
