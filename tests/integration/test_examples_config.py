@@ -117,3 +117,81 @@ def test_full_example_loads_and_starts(tmp_path):
         assert "Traceback" not in sipws.log_text(), sipws.log_text()[-3000:]
     finally:
         hep.close()
+
+
+# ------------------------------------------------------------------ examples/asterisk (untested with Asterisk)
+
+ASTERISK = EXAMPLES / "asterisk"
+
+
+def asterisk_config_copy(tmp_path: Path, contact_mode: str | None = None) -> Path:
+    """examples/asterisk/sipws.toml with test certificates (and optionally another contact_mode)."""
+    data = tomllib.loads((ASTERISK / "sipws.toml").read_text())
+    issued = CertificateAuthority(tmp_path / "pki").issue("sipws", ["sip.example.com"])
+    data["wss"]["certificate"], data["wss"]["private_key"] = issued.cert, issued.key
+    if contact_mode is not None:
+        data["sip"]["contact_mode"] = contact_mode
+    path = tmp_path / f"asterisk-{contact_mode}.toml"
+    path.write_text(dump_toml(data))
+    return path
+
+
+def test_asterisk_sipws_toml_is_valid_in_path_and_alias_mode(tmp_path):
+    config = load_config(str(asterisk_config_copy(tmp_path)))
+    assert config.sip.contact_mode == "path"
+    assert config.sip.upstream == "sip:127.0.0.1:5060;transport=udp"
+    assert load_config(str(asterisk_config_copy(tmp_path, "alias"))).sip.contact_mode == "alias"
+
+
+def parse_asterisk_conf(text: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, template options, settings) per section of an Asterisk .conf file."""
+    sections: list[tuple[str, str, dict[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            name, _, rest = line[1:].partition("]")
+            sections.append((name, rest.strip("()"), {}))
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and sections, f"unexpected line {raw!r}"
+        sections[-1][2][key.strip()] = value.strip()
+    return sections
+
+
+def resolved(sections, name_kind: str) -> list[dict[str, str]]:
+    """Sections of one type, with their templates' settings merged in."""
+    templates = {name: settings for name, options, settings in sections if options == "!"}
+    result = []
+    for name, options, settings in sections:
+        if options == "!":
+            continue
+        merged: dict[str, str] = {}
+        for template in filter(None, options.split(",")):
+            merged.update(templates[template.strip()])
+        merged.update(settings)
+        if merged.get("type") == name_kind:
+            result.append(merged)
+    return result
+
+
+def test_asterisk_pjsip_snippets_say_untested_and_match_sipws_toml():
+    upstream = tomllib.loads((ASTERISK / "sipws.toml").read_text())["sip"]["upstream"]
+    upstream_address = upstream.split(":", 1)[1].split(";", 1)[0]
+    assert "UNTESTED" in (ASTERISK / "sipws.toml").read_text().split("\n[", 1)[0]
+    for name, path_mode in (("pjsip-path.conf", True), ("pjsip-alias.conf", False)):
+        text = (ASTERISK / name).read_text()
+        assert "UNTESTED" in text.split("\n[", 1)[0], f"{name} must say at the top that it is untested"
+        sections = parse_asterisk_conf(text)
+        transports = resolved(sections, "transport")
+        assert [t["bind"] for t in transports] == [upstream_address], name
+        endpoints = resolved(sections, "endpoint")
+        aors = resolved(sections, "aor")
+        assert endpoints and aors
+        for endpoint in endpoints:
+            # Rewriting the Contact to sipws's source address would lose the flow token.
+            assert endpoint["rewrite_contact"] == "no" and "support_path" not in endpoint, (name, endpoint)
+            assert endpoint["aors"] in {section[0] for section in sections}
+        for aor in aors:
+            assert (aor.get("support_path") == "yes") == path_mode, (name, aor)
