@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -195,3 +196,11 @@ def test_asterisk_pjsip_snippets_say_untested_and_match_sipws_toml():
             assert endpoint["aors"] in {section[0] for section in sections}
         for aor in aors:
             assert (aor.get("support_path") == "yes") == path_mode, (name, aor)
+
+
+def test_files_named_in_readme_and_deployment_guide_exist():
+    for doc in (REPO / "README.md", REPO / "docs" / "deployment.md"):
+        named = set(re.findall(r"\b((?:examples|contrib)/[\w./-]*\w)", doc.read_text()))
+        assert named, doc
+        for relative in named:
+            assert (REPO / relative).exists(), f"{doc.name} names {relative}, which does not exist"
