@@ -10,10 +10,12 @@ import copy
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -111,6 +113,18 @@ def test_full_example_loads_and_starts(tmp_path):
                                     capture_output=True, timeout=15)
             assert result.returncode == 0, result.stderr
             assert any(c["transport"] == "wss" for c in json.loads(result.stdout)["connections"]), result.stdout
+            # What the unit's ExecReload does (kill -HUP): certificates re-read, sipws and the
+            # open connection stay up, new handshakes still succeed.
+            sipws.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + HEP_WAIT
+            while "tls: certificates reloaded" not in sipws.log_text():
+                assert time.monotonic() < deadline and sipws.process.poll() is None, sipws.log_text()[-2000:]
+                time.sleep(0.1)
+            client.send_text("\r\n\r\n")  # a CRLF keep-alive on the connection opened before the reload
+            assert client.read_data()[1] == b"\r\n"
+            again = RawWs(wss_port, tls=tls, server_hostname="sip.example.com")
+            again.upgrade()
+            again.shutdown()
             client.shutdown()
         finally:
             status = sipws.stop()
