@@ -130,6 +130,8 @@ class SipConfig:
     advertise: str = ""
     upstream: str = "sip:127.0.0.1:5060;transport=udp"
     flow_token_secret: str = ""
+    #: "path" (Path on REGISTER) or "alias" (Contact rewritten for cores that ignore Path).
+    contact_mode: str = "path"
     # Parser limits (issue: SIP message layer)
     max_message_size: int = 65535
     max_headers: int = 256
@@ -542,6 +544,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "advertise": _advertise,
             "upstream": _upstream,
             "flow_token_secret": _str,
+            "contact_mode": _choice("path", "alias"),
             "max_message_size": _int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
             "max_headers": _int_range(8, 65535),
             "max_header_line": _int_range(256, MAX_MESSAGE_SIZE),

@@ -23,15 +23,19 @@ from typing import Callable, Optional, Protocol
 
 from twisted.logger import Logger
 
+from sipws.proxy.contact_alias import (
+    ALIASED_REQUESTS, ALIASED_RESPONSES, AliasAddress, ContactAliases,
+)
 from sipws.proxy.errors import BadFlowToken, ProxyError
 from sipws.proxy.flows import FlowTokens
+from sipws.proxy.hop_failures import HopReportLimiter, sent_request_key, silent_hop_line
 from sipws.proxy.targets import (
     WS_TRANSPORTS, LocalAddresses, NoRoute, Target, is_invalid_host, target_for_upstream,
     target_for_uri,
 )
 from sipws.proxy.transaction import (
     CALLING, MAGIC_COOKIE, ClientTransaction, Clock, ServerTransaction,
-    Timers, TransactionTable, build_cancel,
+    Timers, TransactionTable, build_cancel, client_key,
 )
 from sipws.sip import (
     Limits, Request, Response, SipError, SipParseError, is_keepalive, make_response,
@@ -109,7 +113,8 @@ class Inbound:
 class _Context:
     """One proxied request: its server transaction and its client transaction."""
 
-    __slots__ = ("server", "client", "cancel", "out_flow", "send", "error_status")
+    __slots__ = ("server", "client", "cancel", "out_flow", "send", "error_status", "next_hop",
+                 "alias_to", "restore_contacts")
 
     def __init__(self, server: ServerTransaction) -> None:
         self.server = server
@@ -119,6 +124,12 @@ class _Context:
         self.out_flow: Optional[int] = None
         self.send: Optional[Callable[[ClientTransaction], Callable[[bytes], None]]] = None
         self.error_status = 503
+        #: The SIP-side next hop, for the "does not answer" warning (None toward a flow).
+        self.next_hop: Optional[str] = None
+        #: Alias mode: where the Contacts of the flow's responses are aliased to.
+        self.alias_to: Optional[AliasAddress] = None
+        #: Alias mode: a client's REGISTER, whose 2xx gets its Contacts back.
+        self.restore_contacts = False
 
 
 class _Reject(ProxyError):
@@ -146,12 +157,18 @@ class EdgeProxy:
         self.table = TransactionTable(clock, Timers.from_config(sip_config))
         self.max_transactions = MAX_TRANSACTIONS
         self.flows: dict[int, Flow] = {}
+        #: "next hop does not answer" lines, at most one per next hop per minute.
+        self.silent_hops = HopReportLimiter()
         #: Live client transactions per flow they were sent to.
         self._toward_flow: dict[int, set[ClientTransaction]] = {}
         #: Event counters (for stats and tests): "relayed_requests", "430" ...
         self.counters: Counter[str] = Counter()
         # Keyed hashes for branches and tags: not guessable from outside.
         self._hash_key = tokens.subkey(b"branch")
+        #: Contact aliases (docs/relay.md, "Cores that ignore Path"); restoring
+        #: an aliased Request-URI works in either mode, rewriting only in alias mode.
+        self.aliases = ContactAliases(tokens, self.local)
+        self.alias_mode = getattr(sip_config, "contact_mode", "path") == "alias"
         self._last_loop: Optional[tuple[Request, str]] = None
 
     # ================================================================ inputs
@@ -169,6 +186,32 @@ class EdgeProxy:
         message, or a message on a WebSocket connection sipws dialled to a
         ws:// upstream, with transport ws/wss)."""
         self._receive(data, Inbound(None, transport.lower(), source))
+
+    def unreachable(self, quoted: bytes, reason: str) -> bool:
+        """An ICMP error quoting the head of a request we sent: fail that transaction now.
+
+        The client gets 503 at once (RFC 3261 §18.4 treats ICMP errors as
+        transport errors) instead of 408 after timer B/F.  False when the
+        quote names no live client transaction (a response, an ACK, a
+        retransmission of something already answered).
+        """
+        key = sent_request_key(quoted)
+        if key is None:
+            return False
+        txn = self.table.clients.get(client_key(*key))
+        if txn is None or txn.terminated:
+            return False
+        self.counters["icmp_failed"] += 1
+        txn.transport_error(reason)
+        return True
+
+    def _next_hop_silent(self, ctx: "_Context") -> None:
+        """Timer B/F fired toward a SIP-side next hop: say so, at a bounded rate."""
+        if ctx.next_hop is None:
+            return
+        held_back = self.silent_hops.due(ctx.next_hop, self.clock.seconds())
+        if held_back is not None:
+            log.warn("{line}", line=silent_hop_line(ctx.next_hop, held_back, self.silent_hops.interval))
 
     def flow_closed(self, conn_id: int) -> None:
         """Connection ``conn_id`` is gone: forget it, fail what waits on it (430)."""
@@ -321,11 +364,17 @@ class EdgeProxy:
             out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
             out.push_record_route(f"<sip:{addr.host_port};transport={core_transport};lr>")
         elif req.method == "REGISTER":
+            # Also in alias mode: harmless to a core that ignores it, and one
+            # that honours it routes through us either way.
             ob = ";ob" if _uses_outbound(req) else ""
             out.push_path(f"<sip:{token}@{addr.host_port};transport={core_transport};lr{ob}>")
             if "path" not in [s.lower() for s in req.supported]:
                 out.add_header("Supported", "path")
-        self._start_client(server, out, target, inbound, out_flow=None)
+        restore = False
+        if self.alias_mode and req.method in ALIASED_REQUESTS:
+            self.aliases.rewrite_contacts(out, token, AliasAddress(addr.host_port, core_transport))
+            restore = req.method == "REGISTER"
+        self._start_client(server, out, target, inbound, out_flow=None, restore_contacts=restore)
 
     def _next_hop_from_flow(self, out: Request) -> Target:
         routes = out.routes
@@ -346,7 +395,9 @@ class EdgeProxy:
                            inbound: Inbound) -> None:
         out = req.copy()
         users = self._pop_my_routes(out)
-        token = users[0] if users else None
+        # No Route of ours: the Request-URI may be a Contact alias (a core that
+        # ignores Path sends to the Contact it stored).
+        token = users[0] if users else self._restore_alias(out, inbound)
         if token is None:
             uri = out.request_uri
             mine = self.local.is_mine(uri)
@@ -394,6 +445,15 @@ class EdgeProxy:
             out.push_record_route(f"<sip:{addr.host_port};transport=ws;lr>")
         self._start_client(server, out, target, inbound, out_flow=None)
 
+    def _restore_alias(self, out: Request, inbound: Inbound) -> Optional[str]:
+        """A Request-URI that is one of our Contact aliases gets the client's URI
+        back; its flow token, or None.  A forged alias: 403, as a bad token."""
+        try:
+            return self.aliases.restore_request_uri(out)
+        except BadFlowToken as exc:
+            log.warn("bad flow token from {src}: {err}", src=inbound.describe(), err=exc)
+            raise _Reject(403, "Bad Flow Token") from None
+
     def _flow_for_token(self, token: str, inbound: Inbound) -> Flow:
         """The open flow a token names; 403 for a bad token, 430 for a gone flow."""
         try:
@@ -410,6 +470,7 @@ class EdgeProxy:
                          server: ServerTransaction, inbound: Inbound) -> None:
         """Toward the WebSocket client of ``token`` (from the core, or hairpinned
         from another client); ``out`` has our routes removed already."""
+        self._restore_alias(out, inbound)  # the client's own URI as Request-URI
         flow = self._flow_for_token(token, inbound)
         if inbound.conn_id is not None:
             host, port = inbound.source
@@ -425,7 +486,13 @@ class EdgeProxy:
         if req.method in DIALOG_METHODS:
             out.push_record_route(f"<sip:{addr.host_port};transport={leg_transport};lr>")
             out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
-        self._start_client(server, out, None, inbound, out_flow=flow.conn_id)
+        alias_to = None
+        if self.alias_mode and req.method in ALIASED_RESPONSES:
+            alias_to = AliasAddress(addr.host_port, leg_transport)
+            if inbound.conn_id is not None:
+                # Hairpinned between two clients: the sender's Contact too.
+                self.aliases.rewrite_contacts(out, self.flows[inbound.conn_id].token, alias_to)
+        self._start_client(server, out, None, inbound, out_flow=flow.conn_id, alias_to=alias_to)
 
     # -- shared
 
@@ -467,10 +534,14 @@ class EdgeProxy:
         return f"SIP/2.0/{transport.upper()} {host_port};branch={self._branch(req, inbound)}{flow}"
 
     def _start_client(self, server: ServerTransaction, out: Request, target: Optional[Target],
-                      inbound: Inbound, out_flow: Optional[int]) -> None:
+                      inbound: Inbound, out_flow: Optional[int],
+                      alias_to: Optional[AliasAddress] = None,
+                      restore_contacts: bool = False) -> None:
         ctx = _Context(server)
         server.context = ctx
         ctx.out_flow = out_flow
+        ctx.alias_to = alias_to
+        ctx.restore_contacts = restore_contacts
         if out_flow is not None:
             ctx.error_status = 430
             ctx.send = lambda txn: self._flow_sender(out_flow, txn)
@@ -478,6 +549,7 @@ class EdgeProxy:
         else:
             assert target is not None
             ctx.send = lambda txn: self._target_sender(target, txn)
+            ctx.next_hop = str(target)
             reliable = target.reliable
         self.counters["relayed_requests"] += 1
         ctx.client = self._new_client(ctx, out, reliable)
@@ -592,13 +664,14 @@ class EdgeProxy:
                     out.push_via(self._via(req, addr.transport, addr.host_port, inbound, own))
                     self.output.send_to_target(target, bytes(out), None)
             else:
-                token = users[0] if users else None
+                token = users[0] if users else self._restore_alias(out, inbound)
                 if token is None:
                     uri = out.request_uri
                     token = uri.user if self.local.is_mine(uri) else None
                 if token is None:
                     raise _Reject(404)
             if token is not None:
+                self._restore_alias(out, inbound)
                 flow = self._flow_for_token(token, inbound)
                 if inbound.conn_id is not None:
                     out.set_top_via_received(*inbound.source)
@@ -688,6 +761,13 @@ class EdgeProxy:
         if resp.status < 200 and ctx.cancel == CANCEL_PENDING:
             self._send_cancel(ctx)
         resp.pop_via()
+        if resp.status < 300:
+            if ctx.alias_to is not None and ctx.out_flow is not None:
+                token = self.flows[ctx.out_flow].token if ctx.out_flow in self.flows \
+                    else self.tokens.make(ctx.out_flow)
+                self.aliases.rewrite_contacts(resp, token, ctx.alias_to, strict=False)
+            elif ctx.restore_contacts and resp.status >= 200:
+                self.aliases.restore_contacts(resp)
         ctx.server.respond(resp)
         self.counters["responses_relayed"] += 1
 
@@ -779,6 +859,7 @@ class _ContextUser:
         self.proxy._relay_response(self.ctx, response)
 
     def on_timeout(self, txn: ClientTransaction) -> None:
+        self.proxy._next_hop_silent(self.ctx)
         self.proxy._client_failed(self.ctx, 408, "timeout")
 
     def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:

@@ -76,7 +76,8 @@ function watch(session, tag) {
 
 ua.on('connected', () => emit({ event: 'connected' }));
 ua.on('disconnected', () => emit({ event: 'disconnected' }));
-ua.on('registered', (e) => emit({ event: 'registered', status: e.response.status_code }));
+ua.on('registered', (e) => emit({ event: 'registered', status: e.response.status_code,
+  contacts: e.response.getHeaders('contact'), own: ua.contact.uri.toString() }));
 ua.on('registrationFailed', (e) => emit({ event: 'registrationFailed', cause: e.cause,
   status: e.response ? e.response.status_code : null }));
 ua.on('newMessage', (e) => {
