@@ -154,6 +154,7 @@ class EdgeProxy:
         self.local = local if local is not None else LocalAddresses.from_config(sip_config)
         self.limits = limits if limits is not None else Limits.from_config(sip_config)
         self.upstream = target_for_upstream(sip_config.upstream)
+        self.upstream_uri = sip_config.upstream
         self.table = TransactionTable(clock, Timers.from_config(sip_config))
         self.max_transactions = MAX_TRANSACTIONS
         self.flows: dict[int, Flow] = {}
@@ -549,7 +550,7 @@ class EdgeProxy:
         else:
             assert target is not None
             ctx.send = lambda txn: self._target_sender(target, txn)
-            ctx.next_hop = str(target)
+            ctx.next_hop = f"upstream {self.upstream_uri}" if target is self.upstream else str(target)
             reliable = target.reliable
         self.counters["relayed_requests"] += 1
         ctx.client = self._new_client(ctx, out, reliable)

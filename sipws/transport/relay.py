@@ -35,6 +35,7 @@ from sipws.tap import StartupError
 from sipws.transport.connections import CLIENT, SERVER, ConnectionRecord
 from sipws.transport.resolver import ResolveError, SipResolver
 from sipws.transport.sip_stream import StreamPool, SipStreamProtocol
+from sipws.proxy.hop_failures import HopReportLimiter
 from sipws.transport.sip_udp import SipUdpProtocol, listen_udp
 
 log = Logger(namespace="sipws.transport.relay")
@@ -50,7 +51,7 @@ MAX_FAILED_ADDRESSES = 1024
 KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
     for direction in ("in", "out") for transport in ("udp", "tcp", "tls", "ws", "wss")
-) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors")
+) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors")
 
 
 class Relay(Service):
@@ -74,6 +75,8 @@ class Relay(Service):
         for name in KNOWN_COUNTERS:  # shown (as 0) in stats and /metrics from the start
             self.counters.incr(name, 0)
         self._listening: list[Any] = []
+        #: ICMP errors are logged once per destination per minute, with a count.
+        self._icmp_reports = HopReportLimiter()
         #: (transport, (ip, port)) -> when a connection to it last failed.
         self._failed_at: dict[tuple[str, tuple[str, int]], float] = {}
 
@@ -96,7 +99,7 @@ class Relay(Service):
         reactor = self.reactor
         try:
             if transport == "udp":
-                protocol, listening = listen_udp(reactor, host, port, self._received)
+                protocol, listening = listen_udp(reactor, host, port, self._received, self._unreachable)
                 self.udp.append(protocol)
             elif transport == "tcp":
                 listening = reactor.listenTCP(port, self.pool.factory("tcp"), backlog=LISTEN_BACKLOG,
@@ -160,6 +163,17 @@ class Relay(Service):
         if tracer.enabled:
             tracer.sip_message(None, "in", transport, source, _local_of(receiver), data)
         self.proxy.receive_from_sip(data, source, transport)
+
+    def _unreachable(self, quoted: bytes, destination: tuple[str, int], reason: str) -> None:
+        """An ICMP error for a datagram sent to ``destination``: fail its transaction now."""
+        self.counters.incr("sip.icmp_errors")
+        if self.proxy is None or not self.proxy.unreachable(quoted, f"{reason} (udp {destination[0]}:{destination[1]})"):
+            return
+        held_back = self._icmp_reports.due(f"{destination[0]}:{destination[1]}", self.reactor.seconds())
+        if held_back is not None:
+            more = f"; {held_back} more since the last report" if held_back else ""
+            log.warn("udp {host}:{port}: {reason}: its request is answered 503 at once{more}",
+                     host=destination[0], port=destination[1], reason=reason, more=more)
 
     def _connection_closed(self, record: ConnectionRecord) -> None:
         if self.proxy is not None and record.role == SERVER:

@@ -6,22 +6,63 @@ Datagrams up to 65535 bytes are read whole: Twisted's default read size
 a Content-Length it cannot see.  Sending is fire-and-forget; an error the
 kernel reports at once (no route, message too long) is passed back so the
 transaction answers 503 instead of waiting for timer B/F.
+
+ICMP errors (Linux).  A datagram to a port nobody listens on comes back as
+ICMP port unreachable; without help an unconnected UDP socket never hears of
+it and the client waits 32 s for a 408.  ``SipUdpPort`` turns on
+``IP_RECVERR`` / ``IPV6_RECVERR``: the kernel then queues each ICMP error with
+the destination and the first bytes of the datagram that caused it, and the
+port reads that queue (``recvmsg(MSG_ERRQUEUE)``) and hands each error to the
+protocol's ``unreachable``, which lets the relay fail exactly the transaction
+whose request it was (its branch is in those bytes) with 503 at once.
+
+Chosen over one connected UDP socket per destination (the other way to hear
+ICMP): it keeps a single socket per ``[sip] listen`` entry, so the Via port and
+the port the core answers to stay the same, works for any number of next
+hops, and costs nothing on the send path (bench/udp_icmp.py measures both).
+Twisted's own UDP port would treat the error queue's EPOLLERR wake-up as the
+socket closing: ``readConnectionLost`` below drains the queue instead.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 from typing import Any, Callable, Optional
 
+from twisted.internet import udp
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger(namespace="sipws.transport.sip_udp")
 
 #: Largest datagram read from the socket (the IPv4/IPv6 UDP payload limit).
 MAX_DATAGRAM = 65535
 
+#: Linux socket options (not all exported by Python's socket module).
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+#: Bytes of the offending datagram kept from an error-queue entry: enough for
+#: the request line and our Via (the kernel quotes at most ~540 bytes anyway).
+ERROR_QUOTE_SIZE = 2048
+#: Ancillary buffer for one error-queue entry (sock_extended_err + offender address).
+ERROR_ANCILLARY_SIZE = 512
+#: Error-queue entries read per wake-up (a burst of ICMP is bounded work).
+MAX_ERRORS_PER_READ = 64
+#: struct sock_extended_err: ee_errno, ee_origin, ee_type, ee_code, pad, ee_info, ee_data.
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+#: Read errors that an ICMP error (or the queue it sits in) surfaces as.
+ICMP_READ_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              errno.EHOSTDOWN, errno.ENETDOWN, errno.EPROTO, errno.EMSGSIZE})
+#: Read errors that only mean "nothing more to read now".
+_READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
+
 Receiver = Callable[[bytes, tuple[str, int], str, Any], None]
+#: unreachable(quoted datagram head, original destination, reason)
+Unreachable = Callable[[bytes, tuple[str, int], str], None]
 
 
 class SipUdpProtocol(DatagramProtocol):
@@ -29,8 +70,9 @@ class SipUdpProtocol(DatagramProtocol):
 
     noisy = False  # no "Starting protocol" lines: the relay logs what it binds
 
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(self, receiver: Receiver, unreachable: Optional[Unreachable] = None) -> None:
         self.receiver = receiver
+        self.on_unreachable = unreachable
         self.family = socket.AF_INET
 
     def startProtocol(self) -> None:
@@ -42,6 +84,16 @@ class SipUdpProtocol(DatagramProtocol):
             self.receiver(data, (addr[0], addr[1]), "udp", self)
         except Exception:
             log.failure("relay failed on a datagram from {host}:{port}", host=addr[0], port=addr[1])
+
+    def unreachable(self, quoted: bytes, destination: tuple[str, int], reason: str) -> None:
+        """An ICMP error for a datagram we sent to ``destination`` (its first bytes quoted)."""
+        if self.on_unreachable is None:
+            return
+        try:
+            self.on_unreachable(quoted, destination, reason)
+        except Exception:
+            log.failure("relay failed on an ICMP error for {host}:{port}", host=destination[0],
+                        port=destination[1])
 
     def send(self, data: bytes, address: tuple[str, int],
              on_error: Optional[Callable[[str], None]] = None) -> bool:
@@ -66,8 +118,108 @@ class SipUdpProtocol(DatagramProtocol):
         return host.host, host.port
 
 
-def listen_udp(reactor: Any, host: str, port: int, receiver: Receiver) -> tuple[SipUdpProtocol, Any]:
-    """Bind one SIP UDP socket; returns (protocol, listening port)."""
-    protocol = SipUdpProtocol(receiver)
-    listening = reactor.listenUDP(port, protocol, interface=host, maxPacketSize=MAX_DATAGRAM)
+def _icmp_reason(err: int, ancillary: list[tuple[int, int, bytes]]) -> str:
+    """What the kernel says about one queued error, e.g. "ICMP port unreachable from 192.0.2.9"."""
+    for level, kind, data in ancillary:
+        if len(data) < _EXTENDED_ERR.size or kind not in (IP_RECVERR, IPV6_RECVERR):
+            continue
+        ee_errno, origin, icmp_type, icmp_code = _EXTENDED_ERR.unpack_from(data)[:4]
+        text = _ERRNO_TEXT.get(ee_errno) or errno.errorcode.get(ee_errno, str(ee_errno))
+        offender = _offender(data[_EXTENDED_ERR.size:])
+        where = f" from {offender}" if offender else ""
+        return f"ICMP {text}{where}"
+    return f"ICMP {_ERRNO_TEXT.get(err) or errno.errorcode.get(err, str(err))}"
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "port unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTDOWN: "host down",
+    errno.EMSGSIZE: "message too big",
+}
+
+
+def _offender(data: bytes) -> str:
+    """The address of whoever sent the ICMP error (a sockaddr_in / sockaddr_in6), or ""."""
+    if len(data) >= 8 and struct.unpack_from("=H", data)[0] == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, data[4:8])
+    if len(data) >= 24 and struct.unpack_from("=H", data)[0] == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, data[8:24])
+    return ""
+
+
+@implementer(IHalfCloseableDescriptor)
+class SipUdpPort(udp.Port):
+    """A UDP port that reads ICMP errors from the socket's error queue (see module docstring)."""
+
+    def startListening(self) -> None:
+        super().startListening()
+        self.recverr = False
+        try:
+            if self.addressFamily == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                self.socket.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            self.recverr = True
+        except OSError:
+            log.info("udp {port}: no IP_RECVERR on this system; an unreachable core is "
+                     "noticed by timer B/F only", port=self._realPortNumber)
+
+    def doRead(self) -> None:
+        """Twisted's read loop, except that an ICMP error does not end it."""
+        read = 0
+        receive = self.socket.recvfrom
+        protocol = self.protocol
+        while read < self.maxThroughput:
+            try:
+                data, addr = receive(self.maxPacketSize)
+            except OSError as exc:
+                if exc.errno in _READ_AGAIN:
+                    return
+                if exc.errno in ICMP_READ_ERRORS:
+                    self.read_errors()
+                    continue
+                raise
+            read += len(data)
+            try:
+                protocol.datagramReceived(data, addr[:2])
+            except BaseException:
+                log.failure("datagram handler failed")
+
+    def read_errors(self) -> None:
+        """Drain the error queue (bounded per call); each entry goes to ``protocol.unreachable``."""
+        if not self.recverr:
+            return
+        sock = self.socket
+        for _ in range(MAX_ERRORS_PER_READ):
+            try:
+                quoted, ancillary, _flags, destination = sock.recvmsg(
+                    ERROR_QUOTE_SIZE, ERROR_ANCILLARY_SIZE, socket.MSG_ERRQUEUE)
+            except OSError as exc:
+                if exc.errno not in _READ_AGAIN:
+                    log.warn("udp {port}: reading the error queue failed: {error}",
+                             port=self._realPortNumber, error=exc.strerror or exc)
+                break
+            reason = _icmp_reason(0, ancillary)
+            if destination:
+                self.protocol.unreachable(quoted, (destination[0], destination[1]), reason)
+        # A pending socket error (sk_err) is cleared by reading it; the queue is
+        # what keeps EPOLLERR raised, and it is now drained or left for next time.
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def readConnectionLost(self, reason: Any) -> None:
+        """The reactor saw EPOLLERR with nothing to read: that is the error queue, not a close."""
+        if not self.connected:
+            return
+        self.read_errors()
+        self.startReading()
+
+
+def listen_udp(reactor: Any, host: str, port: int, receiver: Receiver,
+               unreachable: Optional[Unreachable] = None) -> tuple[SipUdpProtocol, Any]:
+    """Bind one SIP UDP socket that hears ICMP errors; returns (protocol, listening port)."""
+    protocol = SipUdpProtocol(receiver, unreachable)
+    listening = SipUdpPort(port, protocol, interface=host, maxPacketSize=MAX_DATAGRAM, reactor=reactor)
+    listening.startListening()
     return protocol, listening
