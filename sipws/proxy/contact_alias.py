@@ -165,12 +165,18 @@ class ContactAliases:
                          strict: bool = True) -> int:
         """Replace every sip:/sips: Contact URI of ``msg`` (from the client of
         ``token``) with its alias; ``*`` and other schemes stay.  How many were
-        rewritten.  A URI too long to alias raises ContactTooLong when
-        ``strict`` (requests: answered 400), else stays as it is (responses:
-        better relayed as written than lost)."""
+        rewritten.  A URI too long to alias (ContactTooLong) or a garbled
+        Contact (SipParseError) raises when ``strict`` (requests: answered
+        400), else stays as it is (responses: better relayed as written than
+        lost)."""
         if not msg.has("contact"):
             return 0
-        contacts = msg.contacts
+        try:
+            contacts = msg.contacts
+        except SipParseError:
+            if strict:
+                raise
+            return 0  # a response with a garbled Contact: relayed as it is
         changed = 0
         for i, contact in enumerate(contacts):
             if contact.is_star or contact.uri is None:
@@ -194,7 +200,10 @@ class ContactAliases:
         were restored."""
         if not msg.has("contact"):
             return 0
-        contacts = msg.contacts
+        try:
+            contacts = msg.contacts
+        except SipParseError:
+            return 0  # the registrar's garbled Contact: relayed as it is
         changed = 0
         for i, contact in enumerate(contacts):
             if contact.is_star:

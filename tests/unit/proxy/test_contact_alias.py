@@ -292,6 +292,25 @@ def test_invite_from_client_has_its_contact_aliased_and_core_answer_untouched():
     assert_clean(proxy, clock)
 
 
+def test_too_long_contact_in_a_clients_answer_is_relayed_as_it_is():
+    proxy, clock, out = make_proxy()
+    stored = registered_alias(proxy, out)
+    proxy.receive_from_sip(core_request(stored), CORE, "udp")
+    inv = out.last_flow()
+    long_contact = f"<sip:{'u' * MAX_ALIASED_URI}@x.invalid;transport=ws>"
+    proxy.receive_from_flow(7, response_to(inv, 200, "OK", extra=f"Contact: {long_contact}"),
+                            CLIENT, "ws")
+    ok = out.last_sip()[1]
+    assert ok.status == 200 and ok.get("contact") == long_contact
+
+
+def test_garbled_contact_in_a_request_gets_400():
+    proxy, clock, out = make_proxy()
+    data = capture("jssip_04_INVITE").replace(b"Contact: <sip:7l5foh4m@", b"Contact: <sip:7l5f@oh4m@")
+    proxy.receive_from_flow(7, data, CLIENT, "ws")
+    assert out.last_flow().status == 400 and not [m for _, m in out.sip_msgs() if m.is_request]
+
+
 def test_alias_for_a_gone_connection_gets_430():
     proxy, clock, out = make_proxy()
     stored = registered_alias(proxy, out)
