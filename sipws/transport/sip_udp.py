@@ -22,6 +22,12 @@ the port the core answers to stay the same, works for any number of next
 hops, and costs nothing on the send path (bench/udp_icmp.py measures both).
 Twisted's own UDP port would treat the error queue's EPOLLERR wake-up as the
 socket closing: ``readConnectionLost`` below drains the queue instead.
+
+One more trap: with IP_RECVERR the kernel also reports a queued ICMP error
+on the *next send*, whatever its destination, and does not send that
+datagram; Twisted's ``write`` swallows ECONNREFUSED, so a request to a
+healthy next hop would vanish because another one was down.
+``SipUdpPort.write`` reads the queue and sends again instead.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")
 #: Read errors that an ICMP error (or the queue it sits in) surfaces as.
 ICMP_READ_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
                               errno.EHOSTDOWN, errno.ENETDOWN, errno.EPROTO, errno.EMSGSIZE})
+#: Sends retried after a queued ICMP error surfaced on them (each retry first drains the queue).
+SEND_ATTEMPTS = 4
+#: Send errors that are a queued ICMP error about an earlier datagram, not about this one.
+_EARLIER_ICMP = ICMP_READ_ERRORS - {errno.EMSGSIZE}
 #: Read errors that only mean "nothing more to read now".
 _READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 
@@ -186,6 +196,25 @@ class SipUdpPort(udp.Port):
                 protocol.datagramReceived(data, addr[:2])
             except BaseException:
                 log.failure("datagram handler failed")
+
+    def write(self, datagram: bytes, addr: Any = None) -> None:
+        """Send one datagram; a queued ICMP error surfacing here is read, then the send retried.
+
+        Addresses are numeric (the relay resolves first); a wrong family or a
+        refusal by the kernel raises OSError for the caller to report.
+        """
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                self.socket.sendto(datagram, addr)
+                return
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                if exc.errno in _EARLIER_ICMP and self.recverr:
+                    self.read_errors()  # about an earlier datagram: this one was not sent
+                    continue
+                raise
+        raise OSError(errno.EAGAIN, "ICMP errors kept arriving; datagram not sent")
 
     def read_errors(self) -> None:
         """Drain the error queue (bounded per call); each entry goes to ``protocol.unreachable``."""

@@ -114,3 +114,43 @@ def test_silent_core_is_reported_once_not_per_request(sipws_factory, sipws_log):
         client.shutdown()
     finally:
         silent.port.stopListening()
+
+
+class _NoReactor:
+    """A port driven by hand: nobody reads its socket between the test's steps."""
+
+    def addReader(self, reader) -> None:
+        pass
+
+    def removeReader(self, reader) -> None:
+        pass
+
+
+def test_queued_icmp_error_does_not_cost_the_next_datagram_to_another_destination():
+    """With IP_RECVERR the kernel reports a queued ICMP error on the next send, whatever its
+    destination, and drops that datagram; sipws reads the error and sends again."""
+    import select
+
+    from sipws.transport.sip_udp import SipUdpPort, SipUdpProtocol
+
+    errors = []
+    protocol = SipUdpProtocol(lambda *args: None, lambda quoted, dest, reason: errors.append((quoted, dest)))
+    port = SipUdpPort(0, protocol, interface="127.0.0.1", maxPacketSize=65535, reactor=_NoReactor())
+    port.startListening()
+    live = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    live.bind(("127.0.0.1", 0))
+    live.settimeout(FAST_ANSWER)
+    try:
+        dead = ("127.0.0.1", dead_udp_port())
+        assert protocol.send(b"to the dead port", dead)
+        poller = select.poll()
+        poller.register(port.socket.fileno(), 0)  # POLLERR only: does not consume the error
+        assert poller.poll(FAST_ANSWER * 1000), "no ICMP error queued"
+        sent = protocol.send(b"to the live port", live.getsockname())
+        assert sent
+        assert live.recvfrom(100)[0] == b"to the live port"
+        port.read_errors()
+        assert errors == [(b"to the dead port", dead)]
+    finally:
+        live.close()
+        port.socket.close()
