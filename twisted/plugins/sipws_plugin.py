@@ -7,9 +7,9 @@ site-packages/twisted/plugins/ beside Twisted's plugins (pyproject.toml lists
 ``twisted.plugins`` as a package); an editable install leaves it here, with the
 project root on sys.path.
 
-The ServiceMaker lives in sipws.cli, shared with the ``sipws`` command.
+The ServiceMaker comes from sipws.cli, shared with the ``sipws`` command.
 """
 
-from sipws.cli import SERVICE_MAKER as sipws
+from sipws.cli import service_maker
 
-__all__ = ["sipws"]
+sipws = service_maker()
