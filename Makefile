@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Third-party peers the interop tests start themselves.
 APT_PACKAGES := kamailio kamailio-websocket-modules kamailio-tls-modules \
-	kamailio-utils-modules sip-tester sngrep tshark openssl
+	kamailio-utils-modules sip-tester sngrep tshark openssl chromium systemd
 APT_STAMP := $(VENV)/.apt-installed
 NODE_DIR := tests/interop/js
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
@@ -58,8 +58,10 @@ $(APT_STAMP): Makefile | $(STAMP)
 
 node-deps: $(NODE_STAMP)
 
-$(NODE_STAMP): $(NODE_DIR)/package.json
-	cd $(NODE_DIR) && npm install --no-audit --no-fund --loglevel=error
+# PUPPETEER_SKIP_DOWNLOAD: puppeteer-core drives Debian's /usr/bin/chromium; nothing
+# may try to download a browser build (no network but the package registries).
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 test: $(STAMP) $(APT_STAMP) $(NODE_STAMP)

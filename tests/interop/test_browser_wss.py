@@ -1,0 +1,254 @@
+"""A real browser opens wss:// to sipws (issue 11: "A browser connects over wss").
+
+Headless Chromium from Debian, driven by puppeteer-core (tests/interop/js/browser_wss.mjs),
+loads pages from secure origins (answered by puppeteer's request interception, so
+the page's origin, and so the WebSocket's Origin header, is ``https://…``) and opens
+``wss://127.0.0.1:PORT/`` with the ``sip`` subprotocol to a sipws started by twistd.
+
+The browser trusts only the test certificate, by the hash of its public key
+(``--ignore-certificate-errors-spki-list``), not every certificate.  Browser and
+sipws run inside a private network namespace whose only interface is loopback:
+a holder process created with ``unshare -n``, and both processes entered into it
+with ``nsenter``, so nothing the browser tries (DNS, background fetches) leaves
+127.0.0.1.
+
+Until commit 9cab901 every browser failed here with ERR_SSL_PROTOCOL_ERROR
+(Chromium offers ALPN http/1.1; Twisted 26 + pyOpenSSL 26 answered alert 80).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.certs import CertificateAuthority
+from tests.conftest import require_peer
+from tests.integration.example_files import REPO, TWISTD, dump_toml, free_port
+
+JS_DIR = Path(__file__).parent / "js"
+DRIVER = JS_DIR / "browser_wss.mjs"
+ALLOWED_ORIGIN = "https://phone.sipws.test"
+OTHER_ORIGIN = "https://evil.sipws.test"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+#: Bound on each wait inside the browser (launch, page load, open, SIP answer, close).
+BROWSER_WAIT_MS = 10_000
+#: Bound on the whole Node driver (browser launch, two pages, browser close).
+DRIVER_TIMEOUT = 45.0
+LOG_WAIT = 5.0
+
+
+def spki_hash(cert_path: str) -> str:
+    """base64(sha256(SubjectPublicKeyInfo)): what --ignore-certificate-errors-spki-list takes."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def stop(process: subprocess.Popen | None) -> int | None:
+    """SIGTERM by pid, then SIGKILL after STOP_TIMEOUT; the exit status."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+    return process.returncode
+
+
+class LoopbackNamespace:
+    """A network namespace with only ``lo`` (up), held open by a sleeping process.
+
+    Commands run in it through ``nsenter --net``, which enters the namespace and
+    execs the command (no fork), so each Popen's pid is the command's own pid.
+    """
+
+    def __init__(self) -> None:
+        self.unshare = require_peer("unshare", "Debian package util-linux")
+        self.nsenter = require_peer("nsenter", "Debian package util-linux")
+        self.ip = require_peer("ip", "Debian package iproute2")
+        self.holder: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.holder = subprocess.Popen([self.unshare, "--net", "--", "sleep", "infinity"],
+                                       stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        # unshare execs sleep once the namespace exists: wait until the pid's netns differs from ours
+        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert self.holder.poll() is None, "unshare -n failed (needs root)"
+            assert time.monotonic() < deadline, "unshare -n did not create a namespace"
+            time.sleep(0.02)
+        subprocess.run(self.wrap([self.ip, "link", "set", "lo", "up"]), check=True, timeout=10)
+        links = subprocess.run(self.wrap([self.ip, "-o", "link"]), check=True, capture_output=True,
+                               timeout=10, text=True).stdout.splitlines()
+        assert len(links) == 1 and ": lo:" in links[0], links
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        assert self.holder is not None
+        return [self.nsenter, f"--net=/proc/{self.holder.pid}/ns/net", "--", *argv]
+
+    def stop(self) -> None:
+        stop(self.holder)
+
+
+@pytest.fixture
+def netns():
+    namespace = LoopbackNamespace()
+    namespace.start()
+    yield namespace
+    namespace.stop()
+
+
+@pytest.fixture
+def sipws_wss(tmp_path, netns):
+    """sipws (twistd) in the namespace: wss on 127.0.0.1, an upstream UDP port with nothing behind it."""
+    ca = CertificateAuthority(tmp_path / "pki")
+    server = ca.issue("server", ["127.0.0.1", "localhost"])
+    # Ports are chosen outside the namespace; inside it every port is free.
+    wss_port, sip_port, dead_port = free_port(), free_port(), free_port()
+    config = {
+        "ws": {"listen": []},
+        "wss": {"listen": [f"127.0.0.1:{wss_port}"], "certificate": server.cert, "private_key": server.key},
+        "http": {"allowed_origins": [ALLOWED_ORIGIN]},
+        "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"], "upstream": f"sip:127.0.0.1:{dead_port};transport=udp"},
+        "admin": {"listen": ""},
+    }
+    (tmp_path / "sipws.toml").write_text(dump_toml(config))
+    log_path = tmp_path / "sipws.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            netns.wrap([TWISTD, "-n", "--pidfile=", "sipws", "--config", str(tmp_path / "sipws.toml")]),
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    sipws = {"process": process, "log": log_path, "port": wss_port, "cert": server.cert}
+    try:
+        # The test runs outside the namespace, so it waits for the log line, not a connect.
+        deadline = time.monotonic() + START_TIMEOUT
+        while f"listening wss on 127.0.0.1:{wss_port}" not in log_path.read_text(errors="replace"):
+            assert process.poll() is None, f"sipws exited: {log_path.read_text(errors='replace')}"
+            assert time.monotonic() < deadline, f"sipws did not listen: {log_path.read_text(errors='replace')}"
+            time.sleep(0.1)
+        yield sipws
+    finally:
+        status = stop(process)
+        sipws["status"] = status
+    assert status in (0, -signal.SIGTERM), log_path.read_text(errors="replace")[-3000:]
+    assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+def run_browser(netns: LoopbackNamespace, tmp_path: Path, sipws: dict, cases: list[dict]) -> dict[str, dict]:
+    """Runs the Node driver in the namespace; its JSON lines by case name (pages' results),
+    plus "browser" (version, pid) and "granted" (permissions per origin)."""
+    chromium = require_peer("chromium", "Debian package chromium")
+    node = require_peer("node", "Debian package nodejs")
+    if not (JS_DIR / "node_modules" / "puppeteer-core").is_dir():
+        pytest.fail("puppeteer-core is not installed in tests/interop/js; `make test` installs it")
+    config = {
+        "chromium": chromium,
+        "userDataDir": str(tmp_path / "chromium-profile"),
+        "spki": spki_hash(sipws["cert"]),
+        "wssUrl": f"wss://127.0.0.1:{sipws['port']}/",
+        "wsUrl": f"ws://sip.sipws.test:{sipws['port']}/",
+        "cases": cases,
+        "timeoutMs": BROWSER_WAIT_MS,
+    }
+    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1", HOME=str(tmp_path))
+    driver = subprocess.Popen(netns.wrap([node, str(DRIVER), json.dumps(config)]), cwd=JS_DIR, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        out, err = driver.communicate(timeout=DRIVER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        out, err = driver.communicate(timeout=STOP_TIMEOUT)
+        # puppeteer starts Chromium detached (its own process group, led by the pid it printed)
+        for line in out.decode().splitlines():
+            if '"browserPid"' in line:
+                try:
+                    os.killpg(json.loads(line)["browserPid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        pytest.fail(f"browser driver timed out after {DRIVER_TIMEOUT}s: {out.decode()} {err.decode()[-3000:]}")
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert driver.returncode == 0 and lines and lines[-1] == {"done": True}, (out.decode(), err.decode()[-3000:])
+    results = {line["case"]: line for line in lines if "case" in line}
+    for line in lines:
+        for key in ("browser", "granted"):
+            if key in line:
+                results[key] = line
+    return results
+
+
+def wait_log(path: Path, pattern: str, timeout: float = LOG_WAIT) -> list[str]:
+    """Log lines matching the regex, once at least one does (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
+        if lines or time.monotonic() >= deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def browse(netns, tmp_path, sipws, case: dict) -> tuple[dict, str]:
+    """One page's result and sipws's log so far; both printed (shown in full on failure,
+    where pytest would cut a long assertion message)."""
+    results = run_browser(netns, tmp_path, sipws, [case])
+    print(json.dumps(results, indent=1))
+    log = sipws["log"].read_text(errors="replace")
+    print(log)
+    assert results["browser"]["browser"].startswith("Chrome/"), results["browser"]
+    # Local Network Access: the permission a user grants at the prompt (see the driver).
+    assert all(results["granted"]["granted"].values()), results["granted"]
+    page = results[case["name"]]
+    assert page["origin"] == case["origin"] and page["secureContext"] is True, page
+    assert "failure" not in page, page
+    return page, log
+
+
+def test_chromium_opens_wss_relays_sip_and_closes_cleanly(netns, sipws_wss, tmp_path):
+    page, log = browse(netns, tmp_path, sipws_wss, {"name": "allowed", "origin": ALLOWED_ORIGIN, "sip": True})
+    # An https page, a secure context: the browser enforces what deployments face
+    # (plain ws:// to a non-loopback host is blocked as mixed content).
+    assert page["insecure"] == "SecurityError", page
+    # The wss handshake: TLS (ALPN http/1.1 offered), the 101 naming "sip".
+    assert page["opened"] is True and page["events"][0] == "open", page
+    assert page["protocol"] == "sip", page
+    # OPTIONS relayed toward a UDP port with nothing behind it: ICMP port
+    # unreachable makes sipws answer 503 at once (no 32 s timer).
+    assert page["responseLine"].startswith("SIP/2.0 503 "), page
+    assert page["keepalive"] == "\r\n", page
+    assert page["closed"] == {"code": 1000, "reason": "page done", "wasClean": True}, page
+
+    opened = [line for line in log.splitlines() if " opened #" in line]
+    assert len(opened) == 1 and f"origin={ALLOWED_ORIGIN}" in opened[0], log
+    conn = re.search(r"opened (#\d+) wss 127\.0\.0\.1:\d+->", opened[0]).group(1)
+    closed = wait_log(sipws_wss["log"], rf"closed {conn} wss .* code=1000 side=remote reason=page done$")
+    assert len(closed) == 1, sipws_wss["log"].read_text(errors="replace")
+
+
+def test_chromium_page_from_a_foreign_origin_is_refused_and_logged(netns, sipws_wss, tmp_path):
+    page, _ = browse(netns, tmp_path, sipws_wss, {"name": "foreign", "origin": OTHER_ORIGIN, "sip": False})
+    # Page scripts see only error + 1006; the status shows in the browser's console.
+    assert page["opened"] is False and page["events"] == ["error", "close"], page
+    assert page["closed"]["code"] == 1006, page
+    assert any("403" in message for message in page["console"]), page["console"]
+    # One line for the refusal, with the source address (what fail2ban reads).
+    refused = wait_log(sipws_wss["log"], r"handshake refused from 127\.0\.0\.1:\d+ status=403 ")
+    assert len(refused) == 1, sipws_wss["log"].read_text(errors="replace")
+    assert f"origin '{OTHER_ORIGIN}' not allowed" in refused[0], refused
+    log = sipws_wss["log"].read_text(errors="replace")
+    assert " opened #" not in log, log
