@@ -83,7 +83,7 @@ def _load_pair(cert_key: str, cert_pem: bytes, key_key: str, key_pem: bytes) -> 
         context.use_privatekey(private_key.to_cryptography_key())
         context.check_privatekey()
     except SSL.Error:
-        raise ConfigError(key_key, "does not match [wss] certificate") from None
+        raise ConfigError(key_key, f"does not match {cert_key.split(' (')[0]}") from None
     return chain[0], private_key, chain[1:]
 
 
@@ -138,6 +138,7 @@ def _alpn_selector(acceptable: tuple[bytes, ...]) -> Any:
 
 def _install_alpn(options: Any, acceptable: tuple[bytes, ...]) -> Any:
     """Replace Twisted's ALPN callback on the options' (cached) context; returns options."""
+    return options  # TEMPORARY no-op: proving the browser test fails
     options.getContext().set_alpn_select_callback(_alpn_selector(acceptable))
     return options
 
@@ -258,6 +259,17 @@ class ReloadableServerTls:
         return certificate_summary(self.current)
 
 
+def _client_identity(cert_path: str, key_path: str) -> Any:
+    """``[client] certificate`` / ``private_key`` as a Twisted PrivateCertificate, checked."""
+    key_name = "[client] private_key" if key_path else "[client] certificate"
+    cert, private_key, _ = _load_pair(
+        "[client] certificate", _read("[client] certificate", cert_path),
+        key_name, _read(key_name, key_path or cert_path),
+    )
+    return ssl.PrivateCertificate.fromCertificateAndKeyPair(
+        ssl.Certificate(cert), ssl.KeyPair(private_key))
+
+
 def client_tls_options(
     hostname: str,
     ca_list: str = "",
@@ -275,8 +287,7 @@ def client_tls_options(
     offered = list(alpn) or None
     client_certificate = None
     if client_cert:
-        pem = _read("client certificate", client_cert) + b"\n" + _read("client key", client_key or client_cert)
-        client_certificate = ssl.PrivateCertificate.loadPEM(pem)
+        client_certificate = _client_identity(client_cert, client_key)
     if not verify:
         return ssl.CertificateOptions(raiseMinimumTo=minimum, verify=False, acceptableProtocols=offered, **(
             {"privateKey": client_certificate.privateKey.original, "certificate": client_certificate.original}

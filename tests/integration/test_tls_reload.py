@@ -199,3 +199,25 @@ def test_sighup_reloads_certificates_in_a_running_twistd(tmp_path, pki):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(START_TIMEOUT)
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_certificate_is_reloaded_and_a_bad_one_named(sipws_factory, pki):
+    """``[client] certificate`` / ``private_key`` (the client role's identity) are re-read too."""
+    ca, server = pki
+    identity = ca.issue("sipws-client", ["sipws.example.com"], client=True)
+    overrides = tls_overrides(server)
+    overrides["client"] = {"certificate": identity.cert, "private_key": identity.key}
+    root = sipws_factory(overrides)
+    answer = yield rpc_call(admin_port(root), "tls.reload")
+    assert answer["result"]["client"] == {"certificate": identity.cert}, answer
+
+    Path(identity.key).write_text("not a key\n")
+    answer = yield rpc_call(admin_port(root), "tls.reload")
+    assert answer["error"]["code"] == -32005, answer
+    assert "[client] private_key" in answer["error"]["message"], answer
+
+    other = ca.issue("other-client", ["other.example.com"], client=True)
+    Path(identity.key).write_bytes(Path(other.key).read_bytes())  # a key, but not this certificate's
+    answer = yield rpc_call(admin_port(root), "tls.reload")
+    assert "[client] private_key: does not match [client] certificate" in answer["error"]["message"], answer
