@@ -138,7 +138,6 @@ def _alpn_selector(acceptable: tuple[bytes, ...]) -> Any:
 
 def _install_alpn(options: Any, acceptable: tuple[bytes, ...]) -> Any:
     """Replace Twisted's ALPN callback on the options' (cached) context; returns options."""
-    return options  # TEMPORARY no-op: proving the browser test fails
     options.getContext().set_alpn_select_callback(_alpn_selector(acceptable))
     return options
 
