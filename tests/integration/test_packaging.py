@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from sipws import __version__
+from tests.conftest import require_peer
 from tests.integration.wsclient import RawWs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,7 +295,6 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 @pytest.mark.parametrize("how", ["SIGTERM to sipws", "Ctrl-C (SIGINT to the process group)"])
 def test_make_run_ends_cleanly(venvs, outside, how):
     """`make run` with the wheel's venv as VENV (the project's own .venv is left alone).
@@ -309,7 +309,7 @@ def test_make_run_ends_cleanly(venvs, outside, how):
     (venv / ".installed").touch()  # the Makefile's stamp: do not (re)install into this venv
     port = free_port()
     config = write_config(outside, port)
-    proc = start(["make", "--no-print-directory", "-s", "-C", REPO, "run", f"VENV={venv}", f"CONFIG={config}"],
+    proc = start([require_peer("make", "Debian package make"), "--no-print-directory", "-s", "-C", REPO, "run", f"VENV={venv}", f"CONFIG={config}"],
                  outside, start_new_session=True)
     try:
         wait_listening(port, proc, outside)
