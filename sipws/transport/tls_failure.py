@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sipws.transport.connections import LOCAL, REMOTE
 
 #: Prefixes OpenSSL puts on a reason when the *peer* sent the alert.
-_RECEIVED_ALERT_PREFIXES = ("sslv3 alert ", "tlsv1 alert ", "tls13 alert ")
+_RECEIVED_ALERT_PREFIXES = ("sslv3 alert ", "tlsv1 alert ", "tls13 alert ", "tls alert ")
 
 #: Reasons that mean the peer went away or spoke something else: the peer's doing.
 _PEER_REASONS = {

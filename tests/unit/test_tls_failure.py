@@ -17,6 +17,12 @@ def test_alert_sent_by_the_peer_is_the_peers_doing():
     assert failure.text == "TLS: the peer sent alert 'unknown ca'"
 
 
+def test_alert_chromium_sends_for_an_untrusted_certificate_is_the_peers():
+    """Seen with Chromium 156 and a certificate it does not trust (OpenSSL 3's wording)."""
+    failure = describe_tls_failure(ssl_error("tls alert certificate unknown"))
+    assert failure == type(failure)("TLS: the peer sent alert 'certificate unknown'", "remote")
+
+
 def test_sslv3_and_tls13_alert_prefixes_are_recognised():
     assert describe_tls_failure(ssl_error("sslv3 alert bad certificate")).text.endswith("'bad certificate'")
     assert describe_tls_failure(ssl_error("tls13 alert certificate required")).side == "remote"
