@@ -34,7 +34,9 @@ HEAP_STALE_FACTOR = 2
 HEAP_SLACK = 64
 
 
-class _Clock(Protocol):
+class SecondsClock(Protocol):
+    """What the table needs of a clock: the reactor or task.Clock fit."""
+
     def seconds(self) -> float: ...
 
 
@@ -87,7 +89,7 @@ class Binding:
 class BindingTable:
     """Every binding, by address of record; limits enforced on commit."""
 
-    def __init__(self, clock: _Clock, max_per_aor: int = MAX_BINDINGS_PER_AOR,
+    def __init__(self, clock: SecondsClock, max_per_aor: int = MAX_BINDINGS_PER_AOR,
                  max_total: int = MAX_BINDINGS) -> None:
         if max_per_aor < 1 or max_total < 1:
             raise ValueError("binding limits must be >= 1")

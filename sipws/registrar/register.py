@@ -28,7 +28,7 @@ import hashlib
 from email.utils import formatdate
 from typing import Iterable, Optional
 
-from sipws.registrar.bindings import Binding, BindingTable, _Clock, aor_of
+from sipws.registrar.bindings import Binding, BindingTable, SecondsClock, aor_of
 from sipws.registrar.contacts import Rejected, Update, header_expires, read_update
 from sipws.registrar.errors import NotARegister, TooManyBindings
 from sipws.sip import Request, Response, SipParseError, make_response
@@ -50,7 +50,7 @@ TO_TAG_HEX = 16
 class Registrar:
     """Answers REGISTER requests from and into a BindingTable."""
 
-    def __init__(self, table: BindingTable, clock: _Clock, domains: Iterable[str] = (),
+    def __init__(self, table: BindingTable, clock: SecondsClock, domains: Iterable[str] = (),
                  min_expires: int = DEFAULT_MIN_EXPIRES, max_expires: int = DEFAULT_MAX_EXPIRES,
                  default_expires: int = DEFAULT_DEFAULT_EXPIRES) -> None:
         if not 0 < min_expires <= max_expires:
