@@ -128,7 +128,8 @@ class SipConfig:
         SipListen("tcp", "127.0.0.1", 5062),
     )
     advertise: str = ""
-    upstream: str = "sip:127.0.0.1:5060;transport=udp"
+    #: Where clients' requests go; "" = standalone mode (the built-in registrar).
+    upstream: str = ""
     flow_token_secret: str = ""
     #: "path" (Path on REGISTER) or "alias" (Contact rewritten for cores that ignore Path).
     contact_mode: str = "path"
@@ -142,6 +143,17 @@ class SipConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    """Standalone mode's registrar (used only when [sip] upstream is empty)."""
+
+    #: Domains served; empty = any domain.
+    domains: tuple[str, ...] = ()
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 600
 
 
 @dataclass(frozen=True)
@@ -191,6 +203,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -437,6 +450,8 @@ def _trace_destination(key: str, value: Any) -> str:
 
 def _upstream(key: str, value: Any) -> str:
     value = _expect(key, value, str)
+    if value == "":
+        return value  # standalone mode
     lowered = value.lower()
     if lowered.startswith(("ws://", "wss://")):
         rest = value.split("://", 1)[1]
@@ -455,6 +470,24 @@ def _upstream(key: str, value: Any) -> str:
     if match and match.group(1).lower() not in SIP_TRANSPORTS + ("ws",):
         raise ConfigError(key, f"unsupported transport {match.group(1)!r}")
     return value
+
+
+#: Longest registration sipws accepts as a setting (one week; RFC 3261 allows up to 2**32-1).
+MAX_EXPIRES = 7 * 24 * 3600
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _domains(key: str, value: Any) -> tuple[str, ...]:
+    items = _expect(key, value, list)
+    domains = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(key, f"must be a list of domain names, got {item!r}")
+        lowered = item.lower()
+        if not _DOMAIN_RE.match(lowered):
+            raise ConfigError(key, f"not a domain name: {item!r}")
+        domains.append(lowered)
+    return tuple(domains)
 
 
 def _advertise(key: str, value: Any) -> str:
@@ -555,6 +588,15 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "t4": _positive_float,
         },
     ),
+    "registrar": (
+        RegistrarConfig,
+        {
+            "domains": _domains,
+            "min_expires": _int_range(1, MAX_EXPIRES),
+            "max_expires": _int_range(1, MAX_EXPIRES),
+            "default_expires": _int_range(1, MAX_EXPIRES),
+        },
+    ),
     "client": (
         ClientConfig,
         {
@@ -618,6 +660,17 @@ def _check_cross(config: Config) -> None:
         raise ConfigError("[sip] listen", "tls: entries need [wss] certificate and private_key")
     if wss.require_client_cert and not wss.ca_list:
         raise ConfigError("[wss] ca_list", "required when require_client_cert is true")
+    registrar = config.registrar
+    if registrar.min_expires > registrar.max_expires:
+        raise ConfigError("[registrar] min_expires",
+                          f"must be <= max_expires ({registrar.max_expires}), got {registrar.min_expires}")
+    if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
+        raise ConfigError("[registrar] default_expires",
+                          f"must be between min_expires and max_expires, got {registrar.default_expires}")
+    if not config.sip.upstream and config.sip.advertise \
+            and not any(entry.transport == "tcp" for entry in config.sip.listen):
+        raise ConfigError("[sip] advertise", "standalone mode ([sip] upstream empty) with an advertised "
+                                             "address needs a tcp: entry in [sip] listen")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

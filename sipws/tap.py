@@ -27,7 +27,7 @@ from twisted.python import usage
 
 from sipws import __version__
 from sipws.config import Config, ConfigError, load_config
-from sipws.errors import SipwsError
+from sipws.errors import StartupError  # noqa: F401 - re-exported: tests and older code import it here
 from sipws.stats import Stats
 from sipws.transport.connections import ConnectionRecord, ConnectionTable
 
@@ -37,10 +37,6 @@ EXIT_CONFIG = 2
 log = Logger(namespace="sipws")
 
 MessageHandler = Callable[[ConnectionRecord, bytes], None]
-
-
-class StartupError(SipwsError):
-    """Something the configuration asked for cannot be set up (port in use...)."""
 
 
 class NullTracer:
@@ -140,6 +136,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
         "sipws.transport.tls_store",
         "sipws.transport.ws_server",
         "sipws.transport.ws_client",
+        "sipws.transport.standalone",
         "sipws.transport.relay",
         "sipws.admin.rpc",
     ):

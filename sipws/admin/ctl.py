@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sipws-ctl",
         description="Call a sipws admin method (ws.dump, ws.close, ws.ping, ws.pong, ws.disable, "
-        "ws.enable, ws.connect, trace, stats, version, tls.reload).",
+        "ws.enable, ws.connect, trace, stats, version, tls.reload, registrar.dump).",
     )
     p.add_argument("--url", default=None, help=f"admin endpoint (default ${ENV_URL} or {DEFAULT_URL}; unix:/PATH for a unix socket)")
     p.add_argument("--token", default=None, help=f"bearer token (default ${ENV_TOKEN})")

@@ -244,6 +244,15 @@ def relay_stats(root: Any) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
+def registrar_counts(root: Any) -> dict[str, int] | None:
+    """Standalone mode's binding counts, or None when standalone mode is off."""
+    standalone = getattr(root, "standalone", None)
+    if standalone is None or not standalone.enabled:
+        return None
+    aors, bindings = standalone.bindings.counts()
+    return {"aors": aors, "bindings": bindings}
+
+
 def tracer_stats(root: Any) -> dict[str, Any]:
     stats = getattr(root.tracer, "stats", None)
     result = stats() if callable(stats) else None
@@ -353,11 +362,38 @@ def stats(root: Any) -> dict[str, Any]:
     sip = relay_stats(root)
     if sip is not None:
         result["sip"] = sip
+    registrar = registrar_counts(root)
+    if registrar is not None:
+        result["registrar"] = registrar
     return result
 
 
 def version(root: Any) -> dict[str, Any]:
     return {"name": "sipws", "version": __version__}
+
+
+def registrar_dump(root: Any) -> dict[str, Any]:
+    """Standalone mode's bindings: address of record, contact, connection, expiry."""
+    standalone = getattr(root, "standalone", None)
+    if standalone is None or not standalone.enabled:
+        raise AdminError("standalone mode is off ([sip] upstream is set): the core keeps the bindings",
+                         NOT_AVAILABLE)
+    flows = _flow_ids(root)
+    bindings = []
+    for entry in standalone.bindings.dump():
+        entry = dict(entry)
+        entry["conn_id"] = flows.get(entry.get("flow"))
+        bindings.append(entry)
+    aors, count = standalone.bindings.counts()
+    return {"aors": aors, "count": count, "bindings": bindings}
+
+
+def _flow_ids(root: Any) -> dict[str, int]:
+    """Flow token -> connection id of every open server connection (for registrar.dump)."""
+    relay = getattr(root, "relay", None)
+    if relay is None:
+        return {}
+    return {relay.tokens.make(record.id): record.id for record in root.connections if record.role == "server"}
 
 
 def tls_reload(root: Any) -> dict[str, Any]:
@@ -398,6 +434,7 @@ METHODS: dict[str, Method] = {
         Method("stats", stats),
         Method("version", version),
         Method("tls.reload", tls_reload, mutating=True),
+        Method("registrar.dump", registrar_dump),
     )
 }
 

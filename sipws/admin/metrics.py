@@ -73,6 +73,12 @@ class SipwsCollector:
         sip = methods.relay_stats(root)
         if sip:
             yield from self._relay(sip)
+        registrar = methods.registrar_counts(root)
+        if registrar is not None:
+            yield GaugeMetricFamily(metric_name("registrar_aors"), "addresses of record with a live binding "
+                                    "(standalone mode)", value=registrar["aors"])
+            yield GaugeMetricFamily(metric_name("registrar_bindings"), "live registrar bindings (standalone mode)",
+                                    value=registrar["bindings"])
 
     def _counters(self) -> Iterator[Metric]:
         families: dict[str, tuple[CounterMetricFamily, bool]] = {}

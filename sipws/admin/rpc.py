@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 
 from sipws.admin import methods
 from sipws.admin import metrics as prometheus
-from sipws.tap import StartupError
+from sipws.errors import StartupError
 
 log = Logger(namespace="sipws.admin")
 

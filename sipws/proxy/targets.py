@@ -125,7 +125,7 @@ def target_for_upstream(text: str) -> Target:
     if lowered.startswith(("ws://", "wss://")):
         scheme, rest = text.split("://", 1)
         hostport, slash, path = rest.partition("/")
-        host, port = _split_host_port(hostport)
+        host, port = split_host_port(hostport)
         transport = scheme.lower()
         return Target("sips" if transport == "wss" else "sip", host.lower(),
                       port if port is not None else DEFAULT_PORTS[transport], transport,
@@ -143,7 +143,8 @@ def target_for_via(via, transport: Optional[str] = None) -> Target:
     return Target("sip", host.lower(), port, (transport or via.transport).lower())
 
 
-def _split_host_port(text: str) -> tuple[str, Optional[int]]:
+def split_host_port(text: str) -> tuple[str, Optional[int]]:
+    """"HOST", "HOST:PORT" or "[V6]:PORT" -> (host, port or None)."""
     if text.startswith("["):
         end = text.index("]")
         host, rest = text[1:end], text[end + 1:]
@@ -182,7 +183,7 @@ class LocalAddresses:
     def __init__(self, listen: Iterable[tuple[str, str, int]], advertise: str = "",
                  also: Iterable[tuple[str, int]] = ()) -> None:
         self._listen = [(t.lower(), h.lower(), p) for t, h, p in listen]
-        adv_host, adv_port = _split_host_port(advertise) if advertise else (None, None)
+        adv_host, adv_port = split_host_port(advertise) if advertise else (None, None)
         self._adv_host = adv_host.lower() if adv_host else None
         self._adv_port = adv_port
         self._hosts = {normalize_host(h) for _, h, _ in self._listen}

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from sipws.proxy import EdgeProxy, FlowTokens, LocalAddresses
 from sipws.proxy.targets import Target
 from sipws.sip.limits import Limits
-from sipws.tap import StartupError
+from sipws.errors import StartupError
 from sipws.transport.connections import CLIENT, SERVER, ConnectionRecord
 from sipws.transport.resolver import ResolveError, SipResolver
 from sipws.transport.sip_stream import StreamPool, SipStreamProtocol
@@ -52,6 +52,10 @@ KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
     for direction in ("in", "out") for transport in ("udp", "tcp", "tls", "ws", "wss")
 ) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors")
+
+
+#: The loopback TCP socket the edge opens for the standalone core when [sip] listen has no tcp: entry.
+STANDALONE_HOP_HOST = "127.0.0.1"
 
 
 class Relay(Service):
@@ -75,6 +79,8 @@ class Relay(Service):
         for name in KNOWN_COUNTERS:  # shown (as 0) in stats and /metrics from the start
             self.counters.incr(name, 0)
         self._listening: list[Any] = []
+        #: The first TCP socket toward the core, as bound (the standalone core dials it).
+        self.edge_tcp: Optional[tuple[str, int]] = None
         #: ICMP errors are logged once per destination per minute, with a count.
         self._icmp_reports = HopReportLimiter()
         #: (transport, (ip, port)) -> when a connection to it last failed.
@@ -84,13 +90,25 @@ class Relay(Service):
 
     def privilegedStartService(self) -> None:
         bound = [self._listen(entry.transport, entry.host, entry.port) for entry in self.config.sip.listen]
+        standalone = getattr(self.root, "standalone", None)
+        if standalone is not None and standalone.enabled and not any(t == "tcp" for t, _, _ in bound):
+            # The standalone core reaches clients through a TCP socket of ours
+            # (the Path it stores): without a tcp: entry, one on loopback only.
+            bound.append(self._listen("tcp", STANDALONE_HOP_HOST, 0))
+        self.edge_tcp = next(((host, port) for t, host, port in bound if t == "tcp"), None)
         also = [(port.getHost().host, port.getHost().port)
                 for kind in ("ws", "wss") for port in self.root.listening(kind)]
         local = LocalAddresses(bound, self.config.sip.advertise, also)
         if local.needs_advertise():
             log.warn("[sip] listen has a wildcard address and [sip] advertise is empty: "
                      "Via, Record-Route and Path will carry an address the core cannot reach")
-        self.proxy = EdgeProxy(self.config.sip, self.reactor, self.tokens, self, local=local)
+        sip_config = standalone.edge_sip_config(self.config.sip) if standalone is not None else self.config.sip
+        if not sip_config.upstream:
+            raise StartupError("[sip] upstream: empty, and the standalone core is not installed")
+        if standalone is None or not standalone.enabled:
+            log.info("relay mode: WebSocket clients' requests go to [sip] upstream {upstream}",
+                     upstream=sip_config.upstream)
+        self.proxy = EdgeProxy(sip_config, self.reactor, self.tokens, self, local=local)
         self.root.set_message_handler(self.from_websocket)
         self.root.connections.on_removed(self._connection_closed)
         super().privilegedStartService()

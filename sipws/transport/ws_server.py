@@ -26,7 +26,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
-from sipws.tap import StartupError
+from sipws.errors import StartupError
 from sipws.transport import handshake
 from sipws.transport.connections import OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper

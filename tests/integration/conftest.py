@@ -16,7 +16,9 @@ from sipws.tap import SipwsService, build_service
 WAIT = 10.0
 
 #: Sections that keep a test's sipws from binding fixed ports.
-QUIET = {"sip": {"listen": []}, "admin": {"listen": ""}}
+#: No SIP sockets and no admin listener; an upstream so that standalone mode (which
+#: needs a SIP socket) stays off unless a test asks for it (tests/integration/test_standalone.py).
+QUIET = {"sip": {"listen": [], "upstream": "sip:127.0.0.1:5060;transport=udp"}, "admin": {"listen": ""}}
 
 
 def make_config(overrides: dict[str, Any] | None = None):

@@ -33,7 +33,9 @@ def test_defaults_match_design():
     assert config.http.require_origin is True and config.http.cors_mode == 0
     assert config.keepalive.mechanism == "ping" and config.keepalive.timeout == 180.0
     assert config.sip.listen == (SipListen("udp", "127.0.0.1", 5062), SipListen("tcp", "127.0.0.1", 5062))
-    assert config.sip.upstream == "sip:127.0.0.1:5060;transport=udp"
+    assert config.sip.upstream == ""  # standalone mode
+    assert config.registrar.domains == () and config.registrar.min_expires == 60
+    assert (config.registrar.max_expires, config.registrar.default_expires) == (3600, 600)
     assert config.admin.listen == "tcp:8088:interface=127.0.0.1"
     assert config.log.format == "text"
 

@@ -363,7 +363,7 @@ def test_route_to_our_websocket_address_is_ours():
     from twisted.internet.task import Clock
     from .harness import Output
 
-    config = SipConfig()
+    config = SipConfig(upstream="sip:127.0.0.1:5060;transport=udp")
     local = LocalAddresses.from_config(config, also=[("ws.example.com", 443)])
     clock, out = Clock(), Output()
     proxy = EdgeProxy(config, clock, FlowTokens(b"k", b"n"), out, local=local)
