@@ -111,6 +111,8 @@ class HttpConfig:
     require_origin: bool = True
     allowed_origins: tuple[str, ...] = ()
     cors_mode: int = 0
+    #: Directory whose files plain GETs (no Upgrade) are answered from; "" = off.
+    document_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,18 @@ def _ping_data(key: str, value: Any) -> str:
     return value
 
 
+def _directory(key: str, value: Any) -> str:
+    """A readable directory, kept as an absolute path (relative = to the working directory)."""
+    value = _expect(key, value, str)
+    if not value:
+        return value
+    if not os.path.isdir(value):
+        raise ConfigError(key, f"{value!r} is not a directory")
+    if not os.access(value, os.R_OK | os.X_OK):
+        raise ConfigError(key, f"directory {value!r} is not readable")
+    return os.path.abspath(value)
+
+
 def _readable_path(kind: str) -> Callable[[str, Any], str]:
     """A file (or, for certificates, a directory of PEM files) that must be readable."""
 
@@ -559,6 +573,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "require_origin": _bool,
             "allowed_origins": _origins,
             "cors_mode": _int_range(0, 2),
+            "document_root": _directory,
         },
     ),
     "keepalive": (

@@ -30,6 +30,7 @@ from sipws.errors import StartupError
 from sipws.transport import handshake
 from sipws.transport.connections import OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
+from sipws.transport.static_files import StaticFiles
 from sipws.transport.ws_common import (
     ClosedHook, SipWebSocketMixin, protocol_class_with_options, protocol_options, wait_until_gone,
 )
@@ -50,6 +51,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         self._refused: handshake.Refusal | None = None
+        #: Set once a static file request was answered ([http] document_root).
+        self._served: str | None = None
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
         self._enter_table(SERVER)
@@ -62,6 +65,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         super().connectionLost(reason)
 
     def _handshake_failure(self) -> str | None:
+        if self._served is not None:
+            return self._served
         if self._refused is None:
             return None
         return f"handshake refused: {self._refused.status} {self._refused.reason}"
@@ -70,8 +75,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._mark_alive()
-        if self._refused is not None:
-            return  # refused: ignore whatever else the client sends
+        if self._refused is not None or self._served is not None:
+            return  # refused or answered: ignore whatever else the client sends
         super().dataReceived(data)
 
     def processHandshake(self) -> None:
@@ -90,6 +95,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         parsed = handshake.parse_request_head(head)
         if isinstance(parsed, handshake.Refusal):
             return self._refuse(parsed, head)
+        if self.factory.static_files is not None and parsed.header("upgrade") is None:
+            return self._serve_file(parsed)
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
         if refusal is not None:
             return self._refuse(refusal, head)
@@ -106,6 +113,16 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         headers = tuple((str(k), str(v)) for k, v in (responseHeaders or ()))
         head = self._request_head or bytes(self.data[: handshake.MAX_HEAD_SIZE])
         self._refuse(handshake.Refusal(code, reason, headers), head)
+
+    def _serve_file(self, request: handshake.HandshakeRequest) -> None:
+        """A plain GET/HEAD with [http] document_root set: answer it, then close."""
+        answer = self.factory.static_files.respond(request.method, request.target)
+        self._served = f"HTTP {request.method} {request.path}: {answer.status} {answer.note}"
+        self.factory.root.stats.incr(f"http.static_{answer.status}")
+        self.transport.write(answer.data)
+        self.data = b""
+        self.state = WebSocketProtocol.STATE_CLOSED
+        self.transport.loseConnection()
 
     def _refuse(self, refusal: handshake.Refusal, head: bytes) -> None:
         root = self.factory.root
@@ -213,6 +230,8 @@ class SipServerFactory(WebSocketServerFactory):
             **protocol_options(section, timeout),
         )
         self.protocol = protocol_class_with_options(SipServerProtocol, self)
+        #: [http] document_root: plain GETs answered with files (None = off).
+        self.static_files = StaticFiles(config.http.document_root) if config.http.document_root else None
         self.fire_closed = ClosedHook(config)
 
 
