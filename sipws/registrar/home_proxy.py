@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from twisted.logger import Logger
 
@@ -204,7 +204,7 @@ class HomeProxy:
             if req.method == "OPTIONS" and self._serves(uri.host):
                 server.respond(self._answer(req, 200, (("Allow", ALLOW), ("Accept", "application/sdp"))))
                 return None
-            return 404 if req.method != "OPTIONS" else 404
+            return 404  # no user part and not for us: nobody to deliver it to
         if not self._serves(uri.host):
             return 404
         aor = aor_of(uri)
@@ -252,7 +252,8 @@ class HomeProxy:
             next_hop = _first_hop(binding)
         except (SipParseError, ValueError) as exc:
             log.warn("binding of {aor} has an unusable Path ({error}); removed", aor=binding.aor, error=exc)
-            self.bindings.remove_flow(binding.flow) if binding.flow else None
+            if binding.flow:
+                self.bindings.remove_flow(binding.flow)
             self._branch_failed(branch, 480)
             return
         def failed(reason: str) -> None:

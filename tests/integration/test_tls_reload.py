@@ -22,8 +22,9 @@ from cryptography import x509
 from tests.certs import CertificateAuthority
 from tests.integration.conftest import in_thread, port_of
 from tests.integration.test_admin import ADMIN, admin_port, ctl, ping_crlf, rpc_call
-from tests.integration.test_launch import START_TIMEOUT, free_port, twistd
+from tests.integration.test_launch import START_TIMEOUT, TWISTD, free_port
 from tests.integration.wsclient import RawWs
+from tests.processes import stop_process
 
 SIGHUP_TIMEOUT = 10.0
 
@@ -162,7 +163,7 @@ def test_sighup_reloads_certificates_in_a_running_twistd(tmp_path, pki):
     )
     log_path = tmp_path / "sipws.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([twistd.__globals__["TWISTD"], "-n", "--pidfile=", "sipws", "--config", str(config)],
+        proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "sipws", "--config", str(config)],
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         def serial():
@@ -193,12 +194,7 @@ def test_sighup_reloads_certificates_in_a_running_twistd(tmp_path, pki):
         assert "certificates reloaded" in text
         assert "[wss] private_key" in text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(START_TIMEOUT)
+        stop_process(proc)
 
 
 @pytest_twisted.inlineCallbacks

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
 import socket
 import subprocess
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import require_peer
+from tests.processes import stop_process  # noqa: F401 - the interop tests import it from here
 
 HERE = Path(__file__).parent
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
@@ -41,17 +41,6 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
                 continue
             return port
     raise AssertionError("no free port")
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(STOP_TIMEOUT)
 
 
 # ------------------------------------------------------------------ Kamailio

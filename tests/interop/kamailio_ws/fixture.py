@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import require_peer
+from tests.processes import stop_process
 
 HERE = Path(__file__).parent
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
@@ -68,12 +68,7 @@ class Kamailio:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        stop_process(self.process, STOP_TIMEOUT)
         # children of the main process exit with it; make sure nothing holds the ports
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline and (self._listening(self.ws_port) or self._listening(self.wss_port)):
