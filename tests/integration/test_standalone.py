@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from sipws.admin import methods
+from sipws.admin.metrics import make_registry, render
 from sipws.sip import parse
 from tests.integration.conftest import in_thread, port_of, wait_for
 from tests.integration.wsclient import RawWs
@@ -133,6 +134,11 @@ def test_register_then_message_between_two_clients(sipws_factory, sipws_log):
     dump = methods.call(root, "registrar.dump", {})
     assert sorted(b["aor"] for b in dump["bindings"]) == ["sip:alice@example.com", "sip:bob@example.com"]
     assert json.dumps(dump)  # JSON-able as the admin interface returns it
+    open_ids = {record.id for record in root.connections}
+    assert {b["conn_id"] for b in dump["bindings"]} == open_ids  # each binding names its connection
+    assert methods.call(root, "stats", {})["registrar"] == {"aors": 2, "bindings": 2}
+    metrics = render(make_registry(root)).decode()
+    assert "sipws_registrar_bindings 2.0" in metrics and "sipws_registrar_aors 2.0" in metrics
 
     yield in_thread(alice.send, alice.request("MESSAGE", bob.aor, bob.aor, "msg-1", body="hi bob",
                                               extra="Content-Type: text/plain"))
