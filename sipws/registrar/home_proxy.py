@@ -52,8 +52,8 @@ BRANCH_MARK = "hp"
 #: Methods this core answers with an Allow header (what it can route).
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 #: Response classes ranked for the best-response choice when every branch failed
-#: (RFC 3261 §16.7 step 6: 6xx first, then the lowest class; 5xx after 4xx).
-_CLASS_RANK = {6: 0, 4: 1, 3: 2, 5: 3}
+#: (RFC 3261 §16.7 step 6: 6xx first, then the lowest class: 3xx, 4xx, 5xx).
+_CLASS_RANK = {6: 0, 3: 1, 4: 2, 5: 3}
 
 Address = tuple[str, int]
 OnError = Optional[Callable[[str], None]]
