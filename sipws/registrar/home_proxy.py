@@ -99,6 +99,9 @@ class _BranchUser:
         self.proxy._branch_response(self.branch, response)
 
     def on_timeout(self, txn: ClientTransaction) -> None:
+        if txn.is_invite and txn.provisional_seen:
+            # Timer C: the callee may still be ringing; RFC 3261 §16.8 says CANCEL it.
+            self.proxy._send_cancel(self.branch, timer_c=True)
         self.proxy._branch_failed(self.branch, 408)
 
     def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
@@ -312,9 +315,9 @@ class HomeProxy:
             else:
                 branch.cancel_pending = True  # RFC 3261 §9.1: wait for a provisional
 
-    def _send_cancel(self, branch: _Branch) -> None:
+    def _send_cancel(self, branch: _Branch, timer_c: bool = False) -> None:
         txn = branch.txn
-        if txn is None or txn.request is None or txn.terminated:
+        if txn is None or txn.request is None or (txn.terminated and not timer_c):
             return
         branch.cancel_pending = False
         cancel = build_cancel(txn.request)
