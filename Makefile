@@ -18,7 +18,7 @@ SUITE_TIMEOUT ?= 1500
 PYTEST_ARGS ?=
 CONFIG ?=
 
-.PHONY: run test unit integration interop bench lint clean venv system-deps node-deps
+.PHONY: run test unit integration interop bench lint clean venv system-deps node-deps phone-deps
 
 venv: $(STAMP)
 
@@ -32,11 +32,22 @@ $(STAMP): pyproject.toml setup.py
 	$(PIP) install -q --config-settings editable_mode=lenient -e '.[test]'
 	touch $@
 
+# The example phone page's one dependency (SIP.js, pinned in its package.json),
+# loaded by the page as ES modules straight from examples/phone/node_modules.
+PHONE_DIR := examples/phone
+PHONE_STAMP := $(PHONE_DIR)/node_modules/.installed
+
+phone-deps: $(PHONE_STAMP)
+
+$(PHONE_STAMP): $(PHONE_DIR)/package.json $(PHONE_DIR)/package-lock.json
+	cd $(PHONE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The sipws command (= twistd -n --pidfile= sipws): exits 0 after a clean
 # shutdown on SIGTERM or Ctrl-C.  No shell metacharacters in the recipe, so make
 # runs sipws itself (no /bin/sh in between to swallow or mangle signals).
-run: $(STAMP)
-	$(VENV)/bin/sipws $(if $(CONFIG),--config $(CONFIG))
+run: $(STAMP) $(PHONE_STAMP)
+	$(VENV)/bin/sipws --config $(or $(CONFIG),examples/phone/sipws.toml)
 
 system-deps: $(APT_STAMP)
 
@@ -64,7 +75,7 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(STAMP) $(APT_STAMP) $(NODE_STAMP)
+test: $(STAMP) $(APT_STAMP) $(NODE_STAMP) $(PHONE_STAMP)
 	timeout --signal=TERM --kill-after=30 $(SUITE_TIMEOUT) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)

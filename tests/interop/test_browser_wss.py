@@ -18,8 +18,6 @@ Until commit 9cab901 every browser failed here with ERR_SSL_PROTOCOL_ERROR
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
@@ -29,12 +27,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tests.certs import CertificateAuthority
 from tests.conftest import require_peer
 from tests.integration.example_files import REPO, TWISTD, dump_toml, free_port
+from tests.interop.browser import LoopbackNamespace, netns, spki_hash, stop, wait_log  # noqa: F401 (netns: fixture)
 
 JS_DIR = Path(__file__).parent / "js"
 DRIVER = JS_DIR / "browser_wss.mjs"
@@ -46,72 +43,6 @@ STOP_TIMEOUT = 10.0
 BROWSER_WAIT_MS = 10_000
 #: Bound on the whole Node driver (browser launch, two pages, browser close).
 DRIVER_TIMEOUT = 45.0
-LOG_WAIT = 5.0
-
-
-def spki_hash(cert_path: str) -> str:
-    """base64(sha256(SubjectPublicKeyInfo)): what --ignore-certificate-errors-spki-list takes."""
-    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-def stop(process: subprocess.Popen | None) -> int | None:
-    """SIGTERM by pid, then SIGKILL after STOP_TIMEOUT; the exit status."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-    return process.returncode
-
-
-class LoopbackNamespace:
-    """A network namespace with only ``lo`` (up), held open by a sleeping process.
-
-    Commands run in it through ``nsenter --net``, which enters the namespace and
-    execs the command (no fork), so each Popen's pid is the command's own pid.
-    """
-
-    def __init__(self) -> None:
-        self.unshare = require_peer("unshare", "Debian package util-linux")
-        self.nsenter = require_peer("nsenter", "Debian package util-linux")
-        self.ip = require_peer("ip", "Debian package iproute2")
-        self.holder: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.holder = subprocess.Popen([self.unshare, "--net", "--", "sleep", "infinity"],
-                                       stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        # unshare execs sleep once the namespace exists: wait until the pid's netns differs from ours
-        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert self.holder.poll() is None, "unshare -n failed (needs root)"
-            assert time.monotonic() < deadline, "unshare -n did not create a namespace"
-            time.sleep(0.02)
-        subprocess.run(self.wrap([self.ip, "link", "set", "lo", "up"]), check=True, timeout=10)
-        links = subprocess.run(self.wrap([self.ip, "-o", "link"]), check=True, capture_output=True,
-                               timeout=10, text=True).stdout.splitlines()
-        assert len(links) == 1 and ": lo:" in links[0], links
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        assert self.holder is not None
-        return [self.nsenter, f"--net=/proc/{self.holder.pid}/ns/net", "--", *argv]
-
-    def stop(self) -> None:
-        stop(self.holder)
-
-
-@pytest.fixture
-def netns():
-    namespace = LoopbackNamespace()
-    namespace.start()
-    yield namespace
-    namespace.stop()
 
 
 @pytest.fixture
@@ -191,16 +122,6 @@ def run_browser(netns: LoopbackNamespace, tmp_path: Path, sipws: dict, cases: li
             if key in line:
                 results[key] = line
     return results
-
-
-def wait_log(path: Path, pattern: str, timeout: float = LOG_WAIT) -> list[str]:
-    """Log lines matching the regex, once at least one does (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
-        if lines or time.monotonic() >= deadline:
-            return lines
-        time.sleep(0.1)
 
 
 def browse(netns, tmp_path, sipws, case: dict) -> tuple[dict, str]:

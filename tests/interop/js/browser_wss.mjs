@@ -10,14 +10,10 @@
 // {"done": true}.  Every wait is bounded by timeoutMs; the browser is closed at the
 // end whatever happened (and the test kills this process by pid if it hangs).
 
-import puppeteer from "puppeteer-core";
+import { emit, grantLocalNetwork, interceptOrigin, launchChromium } from "./browser_common.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const timeoutMs = config.timeoutMs ?? 10000;
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
 
 // The page each origin serves: nothing in it but a title; the test's script runs
 // in it through page.evaluate, with the page's origin (so the browser sets Origin).
@@ -100,52 +96,23 @@ async function inPage({ wssUrl, wsUrl, sip, timeoutMs }) {
   return seen;
 }
 
-const browser = await puppeteer.launch({
-  executablePath: config.chromium,
-  headless: true,
-  userDataDir: config.userDataDir,
-  timeout: timeoutMs,
-  protocolTimeout: timeoutMs * 3,
-  args: [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--ignore-certificate-errors-spki-list=${config.spki}`,
-  ],
+const browser = await launchChromium({
+  chromium: config.chromium, userDataDir: config.userDataDir, spki: config.spki, timeoutMs,
 });
 try {
   // The test kills this process group by its id if the driver hangs.
   emit({ browser: await browser.version(), browserPid: browser.process().pid });
-  // Chromium's Local Network Access checks block a public page from reaching a
-  // loopback address (ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS) unless the user
-  // allows it at a prompt.  sipws listens on 127.0.0.1 here, where a deployment's
-  // is public; the test grants what the user would, per origin, and nothing more.
-  const context = browser.defaultBrowserContext();
-  const granted = {};
-  for (const item of config.cases) {
-    granted[item.origin] = [];
-    for (const name of ["loopback-network", "local-network-access"]) {
-      try {
-        await context.setPermission(item.origin, { permission: { name }, state: "granted" });
-        granted[item.origin].push(name);
-      } catch (e) {
-        // not known to this Chromium: the others cover it
-      }
-    }
-  }
+  // Local Network Access: sipws listens on 127.0.0.1 here, where a deployment's
+  // is public; the test grants the prompt's permission per origin (browser_common.mjs).
+  const granted = await grantLocalNetwork(browser, config.cases.map((item) => item.origin));
   emit({ granted });
   for (const item of config.cases) {
     const page = await browser.newPage();
     const console = [];
     page.on("console", (msg) => console.push(`${msg.type()}: ${msg.text()}`));
-    await page.setRequestInterception(true);
-    page.on("request", (request) => {
-      const url = new URL(request.url());
-      if (url.origin === item.origin && request.resourceType() === "document") {
-        request.respond({ status: 200, contentType: "text/html; charset=utf-8", body: pageFor(item.origin) });
-      } else {
-        request.abort("blockedbyclient"); // favicon and anything else: nothing leaves the browser
-      }
-    });
+    // The document for the case's origin; favicon and anything else: aborted.
+    await interceptOrigin(page, item.origin, (url, request) => request.resourceType() === "document"
+      ? { status: 200, contentType: "text/html; charset=utf-8", body: pageFor(item.origin) } : null);
     const result = { case: item.name };
     try {
       await page.goto(`${item.origin}/`, { waitUntil: "load", timeout: timeoutMs });

@@ -1,0 +1,234 @@
+"""The example phone page (examples/phone) in a real browser (issue 12, "Real-browser tests").
+
+Headless Chromium from Debian, driven by puppeteer-core
+(tests/interop/js/browser_phone.mjs), loads examples/phone from sipws itself
+(``[http] document_root``) and is used as a person would use it: fields typed
+into, buttons clicked, the state read back from what the page shows
+(``window.phone`` and its ``data-*`` attributes).  The page is SIP.js 0.21 from
+npm (``make phone-deps``).
+
+Everything runs inside a private network namespace whose only interface is
+loopback (WebRTC gathers candidates on every interface): sipws (twistd),
+Kamailio, sipp, a STUN responder and the browser, each entered with nsenter and
+stopped by its pid.  The browser trusts the test certificate by its SPKI hash
+only, and gets fake audio devices.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.certs import CertificateAuthority
+from tests.conftest import require_peer
+from tests.integration.example_files import REPO
+from tests.interop import peers
+from tests.interop.browser import BrowserDriver, LoopbackNamespace, Sipws, netns, spki_hash, stop, wait_log  # noqa: F401
+from tests.interop.peers import KamailioCore, Sipp, free_port
+
+pytestmark = pytest.mark.interop
+
+PHONE_DIR = REPO / "examples" / "phone"
+HERE = Path(__file__).parent
+#: Bound on one browser step (page load, a click, a wait for a state).
+STEP_MS = 10_000
+#: Keep-alive timeout for the Ping test: several rounds fit in a few seconds.
+KEEPALIVE_TIMEOUT = 2.0
+#: Idle time the Ping test waits (about three Ping rounds per connection).
+KEEPALIVE_IDLE = 3.5 * KEEPALIVE_TIMEOUT
+#: How long inbound RTP is sampled for growth.
+RTP_SAMPLE_GAP = 1.5
+SIPP_WAIT = 30.0
+
+# Page-side snippets (expressions evaluated in the page).
+SNAPSHOT = """(() => { const p = window.phone; return {
+  state: p.state, registered: p.registered, registration: p.registration, error: p.registrationError,
+  messages: p.messages, call: p.call, ice: p.pc && p.pc.iceConnectionState,
+  signaling: p.pc && p.pc.signalingState, data: {...document.body.dataset}, log: p.log.slice(-25) }; })()"""
+INBOUND_RTP = """(async () => { const pc = window.phone.pc; if (!pc) return null; let n = null;
+  (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") n = r.packetsReceived; });
+  return n; })()"""
+OUTBOUND_RTP = INBOUND_RTP.replace("inbound-rtp", "outbound-rtp").replace("packetsReceived", "packetsSent")
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def browser(netns, tmp_path, request):
+    """The driver; on failure the pages' state and console are printed."""
+    spki = getattr(request, "param", "")
+    driver = BrowserDriver(netns, tmp_path, spki=spki, step_ms=STEP_MS)
+    yield driver
+    driver.stop()
+
+
+@pytest.fixture
+def standalone(netns, tmp_path):
+    """sipws in standalone mode: ws and wss, the phone page served on both, only
+    its own two origins allowed, Pings after KEEPALIVE_TIMEOUT idle seconds."""
+    require_phone_page()
+    ca = CertificateAuthority(tmp_path / "pki")
+    server = ca.issue("server", ["127.0.0.1", "localhost"])
+    ws_port, wss_port, sip_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    config = {
+        "ws": {"listen": [f"127.0.0.1:{ws_port}"]},
+        "wss": {"listen": [f"127.0.0.1:{wss_port}"], "certificate": server.cert, "private_key": server.key},
+        "http": {"allowed_origins": [f"http://127.0.0.1:{ws_port}", f"https://127.0.0.1:{wss_port}"],
+                 "document_root": str(PHONE_DIR)},
+        "keepalive": {"mechanism": "ping", "timeout": KEEPALIVE_TIMEOUT},
+        "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"]},
+        "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
+    }
+    sipws = Sipws(netns, tmp_path, config)
+    sipws.ws = f"http://127.0.0.1:{ws_port}"
+    sipws.wss = f"https://127.0.0.1:{wss_port}"
+    sipws.spki = spki_hash(server.cert)
+    try:
+        sipws.start([f"ws on 127.0.0.1:{ws_port}", f"wss on 127.0.0.1:{wss_port}"])
+        yield sipws
+    finally:
+        status = sipws.stop()
+        print(sipws.log()[-6000:])
+    check_clean_exit(sipws, status)
+
+
+def require_phone_page() -> None:
+    if not (PHONE_DIR / "node_modules" / "sip.js" / "lib" / "index.js").is_file():
+        pytest.fail("SIP.js is not installed in examples/phone; `make test` (phone-deps) installs it")
+
+
+def check_clean_exit(sipws: Sipws, status: int | None) -> None:
+    log = sipws.log()
+    assert status in (0, -15), log[-3000:]
+    assert "Traceback" not in log, log
+
+
+# ---------------------------------------------------------------- page helpers
+
+
+class Phone:
+    """One tab with the phone page."""
+
+    def __init__(self, browser: BrowserDriver, name: str, url: str) -> None:
+        self.browser = browser
+        self.name = name
+        self.opened = browser.command("open", page=name, url=url)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.browser.command("eval", page=self.name, expr=SNAPSHOT)
+
+    def wait(self, expr: str, what: str, timeout_ms: int = STEP_MS) -> Any:
+        """Waits for a page expression to be truthy; on timeout, fails with the page's state."""
+        try:
+            return self.browser.command("wait", page=self.name, expr=expr, timeoutMs=timeout_ms,
+                                        timeout=timeout_ms / 1000)
+        except AssertionError as error:
+            raise AssertionError(f"{self.name}: {what}: {error}\n{json.dumps(self.snapshot(), indent=1)}\n"
+                                 f"console: {self.console()[-30:]}") from None
+
+    def console(self) -> list[str]:
+        return self.browser.command("console", page=self.name)
+
+    def click(self, element: str) -> None:
+        self.browser.command("click", page=self.name, element=element)
+
+    def fill(self, **values: str) -> None:
+        self.browser.command("fill", page=self.name, values=values)
+
+    def eval(self, expr: str) -> Any:
+        return self.browser.command("eval", page=self.name, expr=expr)
+
+    def register(self) -> None:
+        self.click("register")
+        self.wait("window.phone.registered && document.body.dataset.registration === 'registered'", "registered")
+
+    def message(self, target: str, text: str) -> None:
+        self.fill(target=target, text=text)
+        self.click("send")
+
+    def call_state(self, state: str, what: str = "", timeout_ms: int = STEP_MS) -> None:
+        self.wait(f"window.phone.call.state === {json.dumps(state)} && document.body.dataset.call === {json.dumps(state)}",
+                  what or f"call {state}", timeout_ms)
+
+
+def open_pair(browser: BrowserDriver, base: str, users=("alice", "bob"), domain: str = "") -> list[Phone]:
+    phones = []
+    for user in users:
+        query = f"?user={user}" + (f"&domain={domain}" if domain else "")
+        phone = Phone(browser, user, f"{base}/{query}")
+        assert phone.opened["origin"] == base and phone.opened["secureContext"] is True, phone.opened
+        # The page's defaults: the WebSocket on its own host, scheme matching the page's.
+        server = phone.eval("document.getElementById('server').value")
+        assert server == base.replace("http", "ws", 1) + "/", server
+        phone.register()
+        phones.append(phone)
+    return phones
+
+
+def exchange_messages(alice: Phone, bob: Phone, text: str) -> None:
+    alice.message("bob", text)
+    got = bob.wait(f"window.phone.messages.find((m) => m.direction === 'in' && m.body === {json.dumps(text)})",
+                   "the MESSAGE arrives")
+    assert got["peer"].startswith("sip:alice@"), got
+    sent = alice.wait("window.phone.messages.find((m) => m.direction === 'out' && m.status !== 'sending')",
+                      "the MESSAGE is answered")
+    assert sent["status"] == "200 OK", sent
+
+
+def registered_connections(sipws: Sipws) -> dict[str, int]:
+    """AOR user -> connection id, from registrar.dump."""
+    bindings = sipws.ctl("registrar.dump")["bindings"]
+    return {re.match(r"sips?:([^@]+)@", b["aor"]).group(1): b["conn_id"] for b in bindings}
+
+
+# ---------------------------------------------------------------- standalone
+
+
+@pytest.mark.parametrize("scheme", ["wss", "ws"])
+def test_two_pages_register_and_exchange_messages(standalone, browser, scheme):
+    browser.spki = standalone.spki
+    browser.start()
+    base = getattr(standalone, scheme)
+    alice, bob = open_pair(browser, base)
+    exchange_messages(alice, bob, f"hello bob over {scheme}")
+    # sipws: both connections opened with the page's origin over the scheme asked for.
+    opened = wait_log(standalone.log_path, rf" opened #\d+ {scheme} .* origin={re.escape(base)}$")
+    assert len(opened) == 2, standalone.log()
+    users = registered_connections(standalone)
+    assert set(users) == {"alice", "bob"}, users
+
+
+def test_audio_call_between_two_pages(standalone, browser):
+    browser.spki = standalone.spki
+    browser.start()
+    # alice over wss, bob over ws: the call crosses both listeners.
+    alice = open_pair(browser, standalone.wss, ("alice",))[0]
+    bob = open_pair(browser, standalone.ws, ("bob",))[0]
+    alice.fill(target="bob")
+    alice.click("call")
+    bob.call_state("incoming", "the INVITE reaches bob")
+    bob.click("answer")
+    for phone in (alice, bob):
+        phone.call_state("established")
+        ice = phone.wait("['connected', 'completed'].includes(window.phone.pc && window.phone.pc.iceConnectionState)"
+                         " && window.phone.pc.iceConnectionState", "ICE connected")
+        assert ice in ("connected", "completed")
+    # The callee's inbound RTP from the caller's fake microphone grows.
+    first = bob.wait(f"({INBOUND_RTP}).then((n) => n > 0 && n)", "first inbound RTP")
+    time.sleep(RTP_SAMPLE_GAP)
+    second = bob.eval(INBOUND_RTP)
+    assert second > first, (first, second)
+    assert alice.eval(INBOUND_RTP) > 0  # both ways
+    alice.click("hangup")
+    for phone, side in ((alice, "local"), (bob, "remote")):
+        phone.call_state("ended", "hang up ends the call")
+        assert phone.snapshot()["call"]["endedBy"] == side
+        assert phone.eval("window.phone.pc.signalingState") == "closed"
