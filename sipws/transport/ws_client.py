@@ -116,6 +116,8 @@ class SipClientProtocol(SipWebSocketMixin, WebSocketClientProtocol):
         return f"handshake failed: {self._failure}"
 
     def dataReceived(self, data: bytes) -> None:
+        if self._failed:
+            return  # failed (RFC 6455 §7.1.7): nothing more is read
         self._mark_alive()
         super().dataReceived(data)
 

@@ -46,6 +46,19 @@ def close_code_allowed(code: int) -> bool:
     return code in SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
 
 
+def close_frame_problem(code: int | None, reason: bytes | None) -> tuple[int, str] | None:
+    """What is wrong with a received Close frame's code and reason (RFC 6455 §5.5.1, §7.4), as
+    (the Close code to answer with, why), or None when it is acceptable."""
+    if code is not None and not close_code_allowed(code):
+        return 1002, f"invalid close code {code}"
+    if reason:
+        try:
+            reason.decode("utf-8")
+        except UnicodeDecodeError:
+            return 1007, "close reason is not valid UTF-8"
+    return None
+
+
 def protocol_options(section: Any, handshake_timeout: float) -> dict[str, Any]:
     """Autobahn options both roles use (see ANCHORS.md for why each is set)."""
     return dict(
@@ -141,6 +154,7 @@ class SipWebSocketMixin:
         self._frames = 0
         self._local_abort = ""
         self._tls_failure: TlsFailure | None = None
+        self._failed = False
         self.paused_since: float | None = None
         self.keepalive_at = 0.0
         root.connections.add(self.record)
@@ -150,9 +164,12 @@ class SipWebSocketMixin:
         """Remove the record and fire the closed event; False if already done."""
         record = self.record
         root = self.factory.root
-        if not root.connections.remove(record):
+        if root.connections.get(record.id) is not record:
             return False
+        # Read the outcome while the record still says how far the connection
+        # got (removal marks it closed, and every loss would read "during handshake").
         code, why, side = self._close_outcome()
+        root.connections.remove(record)
         root.stats.incr("ws.closed_local" if side == LOCAL else "ws.closed_remote")
         log.info(
             "closed {conn} code={code} side={side} reason={reason}",
@@ -201,8 +218,36 @@ class SipWebSocketMixin:
         if getattr(self, "failedByMe", False):
             return None, getattr(self, "wasNotCleanReason", None) or "failed", LOCAL
         if self.record.state in (OPEN, CLOSING):
-            return None, "connection lost", REMOTE
-        return None, "connection lost during handshake", REMOTE
+            return None, "connection lost without a Close frame", REMOTE
+        return None, "connection lost during the opening handshake", REMOTE
+
+    # -- failing the connection (RFC 6455 §7.1.7) --------------------------------
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """Send the Close for a violation, then close TCP and stop reading.
+
+        RFC 6455 §7.1.7: after failing a connection an endpoint should not
+        process anything more from the peer.  Autobahn (failByDrop off) would
+        keep reading to await the peer's Close: a control frame declaring 2**40
+        bytes then grew the buffer without bound, and a bad Close frame from
+        the peer was taken for that answer and the connection reset before our
+        Close left.  Here the Close is written and the transport closed after
+        it (loseConnection flushes), and later input is discarded.
+        """
+        super()._fail_connection(code, reason)
+        if not self._failed:
+            self._failed = True
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        if self._failed:
+            return True  # the peer's answer to our failure Close: nothing to do
+        problem = close_frame_problem(code, reasonRaw)
+        if problem is not None:
+            self._fail_connection(*problem)
+            return True
+        return super().onCloseFrame(code, reasonRaw)
 
     def _mark_alive(self) -> None:
         record = self.record

@@ -75,8 +75,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._mark_alive()
-        if self._refused is not None or self._served is not None:
-            return  # refused or answered: ignore whatever else the client sends
+        if self._refused is not None or self._served is not None or self._failed:
+            return  # refused, answered or failed: ignore whatever else the client sends
         super().dataReceived(data)
 
     def processHandshake(self) -> None:
