@@ -232,3 +232,99 @@ def test_audio_call_between_two_pages(standalone, browser):
         phone.call_state("ended", "hang up ends the call")
         assert phone.snapshot()["call"]["endedBy"] == side
         assert phone.eval("window.phone.pc.signalingState") == "closed"
+
+
+# ---------------------------------------------------------------- relay to Kamailio
+
+
+class InNamespace:
+    """Stands for the ``subprocess`` module inside tests.interop.peers: the peers'
+    own start() (Kamailio, sipp) runs unchanged, their Popen entered into the
+    namespace with nsenter (which execs: the pid is still the peer's own).
+    kamcmd talks over a unix socket, which works across network namespaces."""
+
+    def __init__(self, netns: LoopbackNamespace) -> None:
+        self.netns = netns
+
+    def Popen(self, argv, *args, **kwargs):  # noqa: N802 (subprocess's name)
+        return subprocess.Popen(self.netns.wrap(list(argv)), *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+
+STUN_PASSWORD = "sipwsStunLitePassword2024"  # a=ice-pwd in sipp/uas_webrtc.xml
+
+
+def test_page_calls_sipp_through_sipws_and_kamailio(netns, browser, tmp_path, monkeypatch):
+    """Relay mode: page -ws-> sipws -udp-> Kamailio (registrar with Path, record-routing
+    proxy) -udp-> sipp UAS.  The page registers through sipws to Kamailio, calls a user
+    Kamailio does not know (relayed to sipp), sipp answers, the page hangs up.
+
+    Media, one-sided: sipp's SDP names an ICE-lite STUN responder; the browser's ICE
+    reaches connected toward it.  sipp does no DTLS, so no RTP flows."""
+    require_phone_page()
+    monkeypatch.setattr(peers, "subprocess", InNamespace(netns))
+    started: list[Any] = []
+    sipws = None
+    try:
+        stun_port, callee_port = free_port(), free_port()
+        with open(tmp_path / "stun.log", "wb") as out:
+            stun = subprocess.Popen(netns.wrap([sys.executable, "-m", "tests.interop.stun_lite", str(stun_port),
+                                                STUN_PASSWORD]),
+                                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        started.append(stun)
+        callee = Sipp("uas_webrtc.xml", callee_port, args=["-m", "1", "-key", "stunport", str(stun_port)],
+                      run_dir=tmp_path).start()
+        started.append(callee)
+        kamailio = KamailioCore(tmp_path, free_port(), upstream=f"sip:127.0.0.1:{callee_port};transport=udp")
+        started.append(kamailio)
+        kamailio.start()
+        ws_port, sip_port = free_port(), free_port()
+        sipws = Sipws(netns, tmp_path, {
+            "ws": {"listen": [f"127.0.0.1:{ws_port}"]},
+            "http": {"allowed_origins": [f"http://127.0.0.1:{ws_port}"], "document_root": str(PHONE_DIR)},
+            "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"],
+                    "upstream": f"sip:127.0.0.1:{kamailio.port};transport=udp"},
+            "admin": {"listen": ""},
+        })
+        started.append(sipws)
+        sipws.start([f"ws on 127.0.0.1:{ws_port}"])
+        assert f"relay mode: WebSocket clients' requests go to [sip] upstream sip:127.0.0.1:{kamailio.port}" in sipws.log()
+
+        browser.start()
+        (alice,) = open_pair(browser, f"http://127.0.0.1:{ws_port}", ("alice",), domain="example.com")
+        # Kamailio holds the binding, with the Path through sipws's SIP socket.
+        dump = kamailio.kamcmd("ul.dump")
+        assert "alice" in dump and f"127.0.0.1:{sip_port}" in dump and "Path" in dump, dump
+
+        alice.fill(target="carol")
+        alice.click("call")
+        alice.call_state("established", "sipp's 200 OK accepted")
+        ice = alice.wait("['connected', 'completed'].includes(window.phone.pc.iceConnectionState)"
+                         " && window.phone.pc.iceConnectionState", "ICE connected to the STUN-lite callee")
+        assert ice in ("connected", "completed")
+        remote = alice.eval("window.phone.pc.remoteDescription.sdp")
+        assert f"m=audio {stun_port} UDP/TLS/RTP/SAVPF" in remote, remote
+        checks = [json.loads(line) for line in (tmp_path / "stun.log").read_text().splitlines()
+                  if line.startswith('{"binding"')]
+        assert checks and all(c["username"].startswith("sippuas:") for c in checks), checks
+
+        alice.click("hangup")
+        alice.call_state("ended", "BYE answered by sipp")
+        assert alice.snapshot()["call"]["endedBy"] == "local"
+        code = callee.wait(SIPP_WAIT)
+        assert code == 0, callee.messages()[-3000:]
+        messages = callee.messages()
+        assert "INVITE sip:carol@example.com" in messages and "BYE sip:" in messages, messages[-3000:]
+        # The INVITE came through sipws (its Record-Route) and Kamailio.
+        assert f"127.0.0.1:{sip_port}" in messages, messages[-3000:]
+    finally:
+        for peer in reversed(started):
+            if isinstance(peer, subprocess.Popen):
+                stop(peer)
+            else:
+                peer.stop()
+        if sipws is not None:
+            print(sipws.log()[-6000:])
+    check_clean_exit(sipws, sipws.status)
