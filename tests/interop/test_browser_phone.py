@@ -41,6 +41,8 @@ HERE = Path(__file__).parent
 STEP_MS = 10_000
 #: Keep-alive timeout for the Ping test: several rounds fit in a few seconds.
 KEEPALIVE_TIMEOUT = 2.0
+#: Seconds between keep-alive sweeps (the default 1 s would stretch each round to ~3 s).
+KEEPALIVE_SWEEP = 0.25
 #: Idle time the Ping test waits (about three Ping rounds per connection).
 KEEPALIVE_IDLE = 3.5 * KEEPALIVE_TIMEOUT
 #: How long inbound RTP is sampled for growth.
@@ -83,7 +85,7 @@ def standalone(netns, tmp_path):
         "wss": {"listen": [f"127.0.0.1:{wss_port}"], "certificate": server.cert, "private_key": server.key},
         "http": {"allowed_origins": [f"http://127.0.0.1:{ws_port}", f"https://127.0.0.1:{wss_port}"],
                  "document_root": str(PHONE_DIR)},
-        "keepalive": {"mechanism": "ping", "timeout": KEEPALIVE_TIMEOUT},
+        "keepalive": {"mechanism": "ping", "timeout": KEEPALIVE_TIMEOUT, "interval": KEEPALIVE_SWEEP},
         "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"]},
         "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
     }
@@ -91,6 +93,7 @@ def standalone(netns, tmp_path):
     sipws.ws = f"http://127.0.0.1:{ws_port}"
     sipws.wss = f"https://127.0.0.1:{wss_port}"
     sipws.spki = spki_hash(server.cert)
+    sipws.cert_files = (server.cert, server.key)
     try:
         sipws.start([f"ws on 127.0.0.1:{ws_port}", f"wss on 127.0.0.1:{wss_port}"])
         yield sipws
@@ -328,3 +331,133 @@ def test_page_calls_sipp_through_sipws_and_kamailio(netns, browser, tmp_path, mo
         if sipws is not None:
             print(sipws.log()[-6000:])
     check_clean_exit(sipws, sipws.status)
+
+
+# ---------------------------------------------------------------- origins, keep-alive, handshake
+
+
+def test_page_from_an_origin_not_allowed_cannot_connect(standalone, browser):
+    """The same page and server, reached as http://localhost:PORT: an origin that
+    [http] allowed_origins does not list.  Files are served (a GET carries no
+    Origin check); the WebSocket handshake is refused and logged with its source."""
+    browser.start()
+    foreign = standalone.ws.replace("127.0.0.1", "localhost")
+    page = Phone(browser, "mallory", f"{foreign}/?user=mallory")
+    assert page.opened["origin"] == foreign, page.opened
+    page.click("register")
+    page.wait("window.phone.registration === 'failed' && document.body.dataset.transport === 'disconnected'",
+              "the connection is refused")
+    assert "cannot connect" in page.snapshot()["error"]
+    refused = wait_log(standalone.log_path, r"handshake refused from 127\.0\.0\.1:\d+ status=403 ")
+    assert refused and all(f"origin '{foreign}' not allowed" in line for line in refused), standalone.log()[-3000:]
+    assert " opened #" not in standalone.log()
+    assert any("403" in line for line in page.console()), page.console()
+
+
+def test_browser_answers_pings_and_keeps_its_connection(standalone, browser):
+    """[keepalive] timeout = KEEPALIVE_TIMEOUT: sipws Pings each idle connection; the
+    browser answers by itself (page scripts never see Pings), and a Pong is the only
+    traffic of an idle SIP.js page, so each drop of ws.dump's `idle` is one Pong."""
+    browser.spki = standalone.spki
+    browser.start()
+    alice, bob = open_pair(browser, standalone.wss)
+    connections = registered_connections(standalone)
+    frames_before = standalone.ctl("stats")["counters"]["ws.frames_in"]
+    pongs = {user: 0 for user in connections}
+    last_idle: dict[str, float] = {}
+    most_idle = 0.0
+    deadline = time.monotonic() + KEEPALIVE_IDLE
+    while time.monotonic() < deadline:
+        dump = {c["id"]: c for c in standalone.ctl("ws.dump")["connections"]}
+        for user, conn_id in connections.items():
+            record = dump.get(conn_id)
+            assert record is not None and record["state"] == "open", (user, dump)
+            if user in last_idle and record["idle"] < last_idle[user]:
+                pongs[user] += 1
+            last_idle[user] = record["idle"]
+            most_idle = max(most_idle, record["idle"])
+        time.sleep(0.3)
+    assert all(count >= 3 for count in pongs.values()), pongs
+    # Never close to the 2 x timeout after which an unanswered Ping closes the connection.
+    assert most_idle < 1.6 * KEEPALIVE_TIMEOUT, most_idle
+    counters = standalone.ctl("stats")["counters"]
+    assert counters["ws.keepalive_timeouts"] == 0, counters
+    assert counters["ws.frames_in"] - frames_before >= sum(pongs.values()), counters
+    assert "keep-alive timeout" not in standalone.log()
+    # The same connections still carry SIP.
+    exchange_messages(alice, bob, "still there after the pings")
+    assert registered_connections(standalone) == connections
+    assert len(wait_log(standalone.log_path, r" opened #")) == 2
+    print("pongs seen:", pongs, "largest idle:", most_idle)
+
+
+CAPTURE = r"""
+import json, socket, ssl, sys
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port)); server.listen(4)
+context = None
+if cert:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+print(json.dumps({"listening": port}), flush=True)
+while True:
+    conn, _ = server.accept()
+    try:
+        if context:
+            conn = context.wrap_socket(conn, server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        print(json.dumps({"head": head.decode("latin-1"), "alpn": conn.selected_alpn_protocol() if context else None}), flush=True)
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    except OSError as error:
+        print(json.dumps({"error": str(error)}), flush=True)
+    finally:
+        conn.close()
+"""
+
+
+def test_what_chromium_sends_in_its_handshake(standalone, browser, netns, tmp_path):
+    """The phone page opens its WebSocket to a raw listener (one plain, one TLS with
+    the test certificate) that records the request head: docs/websocket.md,
+    "What Chromium sends"."""
+    browser.spki = standalone.spki
+    browser.start()
+    heads = {}
+    listeners = []
+    try:
+        for scheme, base in (("ws", standalone.ws), ("wss", standalone.wss)):
+            port = free_port()
+            log = tmp_path / f"capture-{scheme}.log"
+            cert, key = standalone.cert_files if scheme == "wss" else ("", "")
+            with open(log, "wb") as out:
+                listeners.append(subprocess.Popen(netns.wrap([sys.executable, "-c", CAPTURE, str(port), cert, key]),
+                                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            assert wait_log(log, r'"listening"'), log.read_text()
+            page = Phone(browser, scheme, f"{base}/?user=carol")
+            page.fill(server=f"{scheme}://127.0.0.1:{port}/")
+            page.click("register")
+            page.wait("window.phone.registration === 'failed'", "the raw listener answers 503")
+            lines = wait_log(log, r'"head"')
+            assert lines, log.read_text()
+            heads[scheme] = json.loads(lines[0])
+            heads[scheme]["origin"] = base
+    finally:
+        for listener in listeners:
+            stop(listener)
+    print(json.dumps(heads, indent=1))
+    for scheme, seen in heads.items():
+        head = seen["head"]
+        assert head.startswith("GET / HTTP/1.1\r\n"), head
+        headers = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip()
+                   for line in head.split("\r\n")[1:] if ":" in line}
+        assert headers["upgrade"] == "websocket" and headers["sec-websocket-version"] == "13", headers
+        assert headers["sec-websocket-protocol"] == "sip", headers
+        assert headers["sec-websocket-extensions"] == "permessage-deflate; client_max_window_bits", headers
+        assert headers["origin"] == seen["origin"], headers
+        assert "Chrome/" in headers["user-agent"], headers
+    assert heads["wss"]["alpn"] == "http/1.1", heads["wss"]
