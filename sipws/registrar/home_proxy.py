@@ -185,7 +185,15 @@ class HomeProxy:
         if req.method == "CANCEL":
             self._on_cancel(req, server)
             return
-        status = self._route(req, server)
+        try:
+            status = self._route(req, server)
+        except (SipError, ValueError) as exc:
+            # A value the parser let through that routing refused (a tel: Request-URI):
+            # answer through the server transaction, so it ends like any other.
+            log.warn("standalone core: {method} from {host}:{port} refused: {error}",
+                     method=req.method, host=peer[0], port=peer[1], error=exc)
+            self._count("refused")
+            status = _status_of(exc)
         if status is not None:
             server.respond(self._answer(req, status))
 
@@ -397,6 +405,12 @@ class HomeProxy:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _status_of(exc: Exception) -> int:
+    """The error status an exception carries (SipParseError: 416 for a non-SIP URI), else 400."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) and 400 <= status <= 699 else 400
 
 
 def _rank(branch: _Branch) -> tuple[int, int]:
