@@ -171,7 +171,10 @@ class SipWebSocketMixin:
         code, why, side = self._close_outcome()
         root.connections.remove(record)
         root.stats.incr("ws.closed_local" if side == LOCAL else "ws.closed_remote")
-        log.info(
+        # A page's files ([http] document_root) come one request per connection,
+        # about 200 for the phone page: their lines would bury the WebSocket ones.
+        emit = log.debug if getattr(self, "_served", None) is not None else log.info
+        emit(
             "closed {conn} code={code} side={side} reason={reason}",
             conn=record.describe(),
             code=code,
