@@ -8,8 +8,8 @@ Kamailio's registrar + ``lookup()`` + ``t_relay()`` would be:
 
 - REGISTER → the registrar (sipws.registrar.register), answered here;
 - OPTIONS without a user part for a served domain or our own address → 200;
-- a request for an address of record → each live binding, in parallel for
-  INVITE (RFC 3261 §16.6), with the binding's Path as the route set, so the
+- a request for an address of record → each live binding, in parallel
+  (RFC 3261 §16.6), with the binding's Path as the route set, so the
   edge proxy receives it like any core request and finds the connection by
   its flow token; the first 2xx wins and the other branches get CANCEL; when
   every branch failed, the best response goes back (§16.7 step 6); unknown
@@ -241,11 +241,12 @@ class HomeProxy:
     def _fork(self, req: Request, server: ServerTransaction, bindings: list[Binding]) -> None:
         fork = _Fork(server)
         server.context = fork
-        parallel = bindings if req.method == "INVITE" else bindings[:1]
+        # Every method forks in parallel (RFC 3261 §16.6 allows it; Kamailio's
+        # lookup() + t_relay() does the same): a MESSAGE shows in every tab of
+        # the user, and one tab whose connection died (430) does not lose it.
         self._count("forwarded")
-        for index, binding in enumerate(parallel):
-            branch = _Branch(fork, binding)
-            fork.branches.append(branch)
+        for binding in bindings:
+            fork.branches.append(_Branch(fork, binding))
         for index, branch in enumerate(list(fork.branches)):
             if fork.answered or fork.cancelled:
                 break

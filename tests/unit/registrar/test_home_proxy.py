@@ -361,15 +361,21 @@ def test_message_goes_to_the_binding_and_its_200_comes_back(home):
     assert home.drain() == []
 
 
-def test_message_with_several_bindings_goes_to_the_best_one_only(home):
+def test_message_with_several_bindings_goes_to_every_one_first_2xx_wins(home):
     home.register("bob", "tokLow", device="a", q="0.5")
     home.register("bob", "tokHigh", device="b", q="0.9")
     home.register("bob", "tokNew", device="c", q="0.5")
     home.receive(request_data("MESSAGE", "sip:bob@example.com", body="x"))
-    [fwd] = branches(home.out.take())
-    assert fwd.token == "tokHigh"
-    home.receive(reply(fwd.msg, 202))
+    sent = branches(home.out.take())
+    assert [b.token for b in sent] == ["tokHigh", "tokNew", "tokLow"]  # q first, then the newest
+    by_token = {b.token: b for b in sent}
+    home.receive(reply(by_token["tokLow"].msg, 430))  # one tab's connection is gone
+    assert to_edge(home.out.take()) == []
+    home.receive(reply(by_token["tokNew"].msg, 202))
     assert statuses(to_edge(home.out.take())) == [202]
+    home.receive(reply(by_token["tokHigh"].msg, 200))  # a later answer changes nothing upstream
+    assert [m for m in to_edge(home.out.take()) if m.status >= 200] == []
+    assert [b.flow for b in home.proxy.bindings.lookup("sip:bob@example.com")] == ["tokHigh", "tokNew"]
     assert home.drain() == []
 
 
