@@ -63,7 +63,11 @@ class StreamFramer:
                 pings = run.count(b"\r\n\r\n")
                 if pings:
                     self.pings += pings
-                    del run[:run.rfind(b"\r\n\r\n") + 4]
+                    # Keep what follows the last ping counted.  count() and replace()
+                    # match left to right without overlap; rfind() found a later,
+                    # overlapping CRLFCRLF and dropped the first half of the next ping.
+                    marked = run.replace(b"\r\n\r\n", b"\x00")
+                    del run[:len(run) - (len(marked) - marked.rfind(b"\x00") - 1)]
                 if len(run) > 3:
                     del run[:-3]  # enough to complete a ping split across feeds
                 pos = stop

@@ -81,6 +81,20 @@ def test_pings_are_counted_for_pongs():
     assert framer.feed(A[5:]) == [A] and framer.pings == 0
 
 
+
+@pytest.mark.parametrize("cut", range(1, 8))
+def test_pings_split_across_feeds_count_as_in_one_feed(cut):
+    """Two pings (8 CRLF bytes) count two whatever the cut (found by bench/fuzz.py, framer
+    target, seed 20240613 input 70: "\r\n\r\n\r\n\r" then "\n" + a message counted one)."""
+    stream = b"\r\n\r\n\r\n\r\n" + A
+    framer = StreamFramer()
+    pings = 0
+    out = []
+    for chunk in (stream[:cut], stream[cut:]):
+        out += framer.feed(chunk)
+        pings += framer.pings
+    assert out == [A] and pings == 2
+
 def test_is_keepalive():
     from sipws.sip import is_keepalive
     assert is_keepalive(b"\r\n\r\n") and is_keepalive(b"\r\n")
