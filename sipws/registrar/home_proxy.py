@@ -302,10 +302,14 @@ class HomeProxy:
 
     def _on_cancel(self, req: Request, server: ServerTransaction) -> None:
         invite = self.table.find_invite_server(req)
-        if invite is None or invite.final_status is not None:
+        if invite is None:
             server.respond(self._answer(req, 481))
             return
+        # RFC 3261 §16.10: a matching response context gets 200 at once; after
+        # the INVITE's final response the CANCEL just has no effect (§9.2).
         server.respond(self._answer(req, 200))
+        if invite.final_status is not None:
+            return
         fork = invite.context
         if fork is None:
             invite.respond(self._answer(invite.request, 487))

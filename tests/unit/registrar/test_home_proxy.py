@@ -892,3 +892,17 @@ def test_non_sip_request_uri_is_416_and_leaves_no_transaction(home, method):
         home.receive(ack_data(data, resp))
     assert home.proxy.table.servers == {}
     assert home.drain() == []
+
+
+def test_cancel_after_the_final_response_gets_200_and_changes_nothing(home):
+    home.register("bob", "tokB")
+    invite = request_data("INVITE", "sip:bob@example.com")
+    home.receive(invite)
+    [fwd] = branches(home.out.take())
+    home.receive(reply(fwd.msg, 486))
+    assert 486 in statuses(to_edge(home.out.take()))
+    home.receive(cancel_data(invite))
+    answers = to_edge(home.out.take())
+    assert [(m.status, m.cseq[1]) for m in answers] == [(200, "CANCEL")]
+    assert branches(home.out.take()) == []
+    assert home.drain() == []
