@@ -18,6 +18,7 @@ every 60-90 days), so they must be re-read without a restart: ``reload()``
 from __future__ import annotations
 
 import signal
+from collections import OrderedDict
 from typing import Any
 
 from twisted.application.service import Service
@@ -36,6 +37,11 @@ log = Logger(namespace="sipws.tls")
 
 #: The server contexts a store can hand out, by listener kind.
 _SERVER_ALPN = {"wss": WSS_ALPN, "sip-tls": SIP_TLS_ALPN}
+#: Client contexts kept (one per server name and ALPN list dialled); the least
+#: recently used goes first.  Server names come from next hops, which clients'
+#: Routes can name, and each context holds a trust store: the cache must not
+#: grow with the number of names ever dialled.
+MAX_CLIENT_CONTEXTS = 256
 
 
 class TlsStore(Service):
@@ -47,9 +53,11 @@ class TlsStore(Service):
         self.root = root
         self.config = root.config
         self._servers: dict[str, ReloadableServerTls] = {}
-        self._clients: dict[tuple[str, tuple[bytes, ...]], Any] = {}
+        self._clients: OrderedDict[tuple[str, tuple[bytes, ...]], Any] = OrderedDict()
         self._previous_sighup: Any = None
         self.reloads = 0
+        #: Client contexts dropped from the cache because it was full (rebuilt when dialled again).
+        self.client_evictions = 0
 
     # -- contexts ----------------------------------------------------------------
 
@@ -62,14 +70,27 @@ class TlsStore(Service):
         return context
 
     def client(self, server_name: str, alpn: tuple[bytes, ...] = ()) -> Any:
-        """Options for dialling ``server_name`` over TLS, cached until the next reload."""
+        """Options for dialling ``server_name`` over TLS, cached until the next reload.
+
+        At most MAX_CLIENT_CONTEXTS are kept; past that the least recently
+        used is dropped (and built again if that name is dialled again).
+        """
         key = (server_name, alpn)
-        options = self._clients.get(key)
-        if options is None:
-            wss, client = self.config.wss, self.config.client
-            options = client_tls_options(server_name, wss.ca_list, wss.verify_server, client.certificate,
-                                         client.private_key, wss.min_tls_version, alpn)
-            self._clients[key] = options
+        clients = self._clients
+        options = clients.get(key)
+        if options is not None:
+            clients.move_to_end(key)
+            return options
+        wss, client = self.config.wss, self.config.client
+        options = client_tls_options(server_name, wss.ca_list, wss.verify_server, client.certificate,
+                                     client.private_key, wss.min_tls_version, alpn)
+        clients[key] = options
+        if len(clients) > MAX_CLIENT_CONTEXTS:
+            clients.popitem(last=False)
+            self.client_evictions += 1
+            if self.client_evictions == 1:
+                log.warn("tls: more than {limit} server names dialled; the least recently used "
+                         "client contexts are dropped and rebuilt on demand", limit=MAX_CLIENT_CONTEXTS)
         return options
 
     # -- reload ------------------------------------------------------------------
