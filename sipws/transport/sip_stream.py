@@ -16,6 +16,12 @@ host name with service-identity (``sipws.transport.tls.client_tls_options``).
 A framing error loses the stream position: the connection is closed, with a
 log line naming the peer.  Double-CRLF keep-alive pings are answered with a
 CRLF (RFC 5626 §3.5.1).  Connections idle for ``IDLE_TIMEOUT`` are closed.
+
+Output is bounded: each connection is its transport's push producer, so it
+learns when Twisted holds more than its buffer size (64 KiB) unsent; a peer
+that stops reading while more than ``MAX_OUTPUT_BACKLOG`` bytes are written
+to it is aborted (log line, ``sip.stream_backlog_aborts``), and the message
+that went over fails at once (503), like a failed connection.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -50,7 +56,9 @@ IDLE_TIMEOUT = 600.0
 IDLE_SWEEP_INTERVAL = 10.0
 #: The answer to a double-CRLF ping (RFC 5626 §3.5.1).
 PONG = b"\r\n"
-#: Output held by the kernel and Twisted above which a connection is considered stuck.
+#: Bytes written to a connection while its transport is paused (Twisted already
+#: holding more than its buffer size unsent) above which the peer is considered
+#: stuck and the connection aborted.
 MAX_OUTPUT_BACKLOG = 8 * 1024 * 1024
 
 Receiver = Callable[[bytes, tuple[str, int], str, Any], None]
@@ -58,7 +66,7 @@ OnError = Optional[Callable[[str], None]]
 Key = tuple[str, str, int]
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class SipStreamProtocol(Protocol):
     """One TCP or TLS connection carrying SIP, accepted or dialled."""
 
@@ -71,6 +79,12 @@ class SipStreamProtocol(Protocol):
         self.ready = False
         self.last_used = 0.0
         self.failure: Optional[str] = None
+        #: Set while the transport has paused us (its buffer is over its size).
+        self.paused = False
+        #: Bytes written since the transport paused us (MAX_OUTPUT_BACKLOG).
+        self.backlog = 0
+        #: Set once the connection was aborted for its backlog.
+        self.aborted = False
 
     @property
     def key(self) -> Key:
@@ -80,6 +94,7 @@ class SipStreamProtocol(Protocol):
         address = self.transport.getPeer()
         self.peer = (address.host, address.port)
         self.last_used = self.pool.clock.seconds()
+        self.transport.registerProducer(self, True)
         if self.transport_name == "tcp":
             self._ready()
         elif not self.dialled:
@@ -118,10 +133,39 @@ class SipStreamProtocol(Protocol):
                 log.failure("relay failed on a message from {transport} {host}:{port}",
                             transport=self.transport_name, host=self.peer[0], port=self.peer[1])
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Write one message; False (and the connection aborted) when the peer
+        has left more than MAX_OUTPUT_BACKLOG bytes unread."""
+        if self.paused:
+            self.backlog += len(data)
+            if self.backlog > MAX_OUTPUT_BACKLOG:
+                if not self.aborted and self.transport is not None:
+                    self.aborted = True
+                    log.warn("{transport} {host}:{port}: peer stopped reading ({count} bytes written since "
+                             "its buffer filled, limit {limit}); aborting the connection",
+                             transport=self.transport_name, host=self.peer[0], port=self.peer[1],
+                             count=self.backlog, limit=MAX_OUTPUT_BACKLOG)
+                    self.pool.stats.incr("sip.stream_backlog_aborts")
+                    self.transport.abortConnection()
+                return False
         self.last_used = self.pool.clock.seconds()
         self.transport.write(data)
         self.pool.on_sent(self, data)
+        return True
+
+    # -- IPushProducer: the transport tells us when its buffer is full ----------
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.backlog = 0
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:
+        pass
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.dialled and reason is not None and reason.check(SSL.Error):
@@ -210,7 +254,8 @@ class StreamPool:
         key = (transport_name, address[0], address[1])
         protocol = self.connections.get(key)
         if protocol is not None and protocol.ready and protocol.connected:
-            protocol.send(data)
+            if not protocol.send(data) and on_error is not None:
+                on_error(f"{transport_name}:{address[0]}:{address[1]} stopped reading")
             return
         if self._stopping:
             if on_error is not None:
@@ -281,8 +326,9 @@ class StreamPool:
             dial.timeout.cancel()
         log.info("connected {transport}:{host}:{port}", transport=protocol.transport_name,
                  host=protocol.peer[0], port=protocol.peer[1])
-        for data, _ in dial.queue:
-            protocol.send(data)
+        for data, on_error in dial.queue:
+            if not protocol.send(data) and on_error is not None:
+                on_error(f"{protocol.transport_name}:{protocol.peer[0]}:{protocol.peer[1]} stopped reading")
         dial.queue.clear()
 
     def _fail_dial(self, dial: _Dial, reason: str) -> None:
