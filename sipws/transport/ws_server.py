@@ -122,6 +122,12 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.transport.write(answer.data)
         self.data = b""
         self.state = WebSocketProtocol.STATE_CLOSED
+        # A paused streaming producer is resumed instead of the connection being
+        # closed once the buffer drains (Twisted's doWrite): a file over the write
+        # buffer (64 KiB) left the connection open, out of reading, forever.
+        # Unregistered, the close follows the last byte; a write that paused has
+        # set paused_since, so a reader that stops is still aborted after send_timeout.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _refuse(self, refusal: handshake.Refusal, head: bytes) -> None:
