@@ -250,7 +250,9 @@ def registrar_counts(root: Any) -> dict[str, int] | None:
     if standalone is None or not standalone.enabled:
         return None
     aors, bindings = standalone.bindings.counts()
-    return {"aors": aors, "bindings": bindings}
+    home = getattr(standalone, "home", None)
+    transactions = len(home.table) if home is not None else 0
+    return {"aors": aors, "bindings": bindings, "transactions": transactions}
 
 
 def tracer_stats(root: Any) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def test_register_then_message_between_two_clients(sipws_factory, sipws_log):
     assert json.dumps(dump)  # JSON-able as the admin interface returns it
     open_ids = {record.id for record in root.connections}
     assert {b["conn_id"] for b in dump["bindings"]} == open_ids  # each binding names its connection
-    assert methods.call(root, "stats", {})["registrar"] == {"aors": 2, "bindings": 2}
+    assert methods.call(root, "stats", {})["registrar"] == {"aors": 2, "bindings": 2, "transactions": 0}
     metrics = render(make_registry(root)).decode()
     assert "sipws_registrar_bindings 2.0" in metrics and "sipws_registrar_aors 2.0" in metrics
 
