@@ -339,6 +339,11 @@ class SipWebSocketMixin:
             self.record.state = CLOSING
         elif self.state == WebSocketProtocol.STATE_CONNECTING:
             self.abort(f"closed during handshake ({code})")
+        elif self.state == WebSocketProtocol.STATE_CLOSED and self.transport is not None \
+                and self.transport.connected:
+            # Refused, failed or served a file, and still flushing to a peer that
+            # does not read: nothing is left to say to it (shutdown, ws.close).
+            self.abort(f"closed while finishing ({code})")
 
     def send_ping(self, payload: bytes) -> bool:
         if self.state != WebSocketProtocol.STATE_OPEN:
