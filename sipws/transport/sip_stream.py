@@ -179,6 +179,13 @@ class SipStreamProtocol(Protocol):
         self.pool.lost(self)
 
 
+class _Refused(Protocol):
+    """An accepted connection over ``max_connections``: closed at once, TCP or TLS."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
 class _StreamFactory(Factory):
     def __init__(self, pool: "StreamPool", transport_name: str, dialled: bool) -> None:
         self.pool = pool
@@ -190,7 +197,9 @@ class _StreamFactory(Factory):
             log.warn("{transport}: refusing a connection from {host}:{port}: {count} open",
                      transport=self.transport_name, host=getattr(addr, "host", "?"),
                      port=getattr(addr, "port", 0), count=len(self.pool.connections))
-            return None  # type: ignore[return-value]
+            # Not None: under listenSSL the TLS wrapper would wrap None, raise in
+            # makeConnection and leave the socket open (uncounted, past the bound).
+            return _Refused()  # type: ignore[return-value]
         protocol = SipStreamProtocol(self.pool, self.transport_name, self.dialled)
         protocol.factory = self
         return protocol
