@@ -315,6 +315,10 @@ class EdgeProxy:
             if req.method == "OPTIONS" and self._is_for_me(req):
                 raise _Reject(200)
             raise _Reject(483)
+        if len(req.vias) >= self.limits.max_vias:
+            # With our Via it would carry max_vias + 1: the answer (every Via comes back
+            # in it) would be refused by our own parser, and the sender left to time out.
+            raise _Reject(483)
         loop = self._loop_part(req)
         for via in req.vias:
             branch = via.branch or ""

@@ -211,6 +211,26 @@ def test_max_forwards_zero_gets_483():
     assert_clean(proxy, clock)
 
 
+
+def test_request_with_max_vias_gets_483_not_a_response_we_would_refuse():
+    """70 Vias (the parser's max_vias) parse; with ours pushed the request left with 71, and the
+    answer coming back (which carries every Via) was refused by our own parser and dropped: the
+    client waited for its timeout.  Found by bench/fuzz.py (sip target, seed 20240613, input
+    320933: a captured INVITE with its Via line repeated to 70)."""
+    proxy, clock, out = make_proxy()
+    data = capture("jssip_02_MESSAGE")
+    via = b"Via: SIP/2.0/WS 9t7ivgcfqmuh.invalid;branch=z9hG4bK1259671\r\n"
+    relayed = b"Via: SIP/2.0/UDP 192.0.2.99;branch=z9hG4bKhop\r\n"
+    many = data.replace(via, via + relayed * 69)
+    assert len(parse(many).vias) == 70
+    proxy.receive_from_flow(7, many, CLIENT, "ws")
+    assert out.last_flow().status == 483 and out.to_targets == []
+    assert_clean(proxy, clock)
+    # one fewer still goes through
+    proxy.receive_from_flow(7, data.replace(via, via + relayed * 68), CLIENT, "ws")
+    _, forwarded = out.last_sip()
+    assert len(forwarded.vias) == 70
+
 def test_absent_max_forwards_counts_as_70():
     proxy, clock, out = make_proxy()
     data = capture("jssip_02_MESSAGE").replace(b"Max-Forwards: 69\r\n", b"")
