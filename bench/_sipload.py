@@ -310,6 +310,30 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> byt
     return head + key + masked
 
 
+def server_frames(buffer: bytes) -> tuple[list[tuple[int, bytes, bool]], int]:
+    """The complete frames at the start of ``buffer``: [(opcode, payload, masked)], bytes used."""
+    frames: list[tuple[int, bytes, bool]] = []
+    offset = 0
+    while len(buffer) - offset >= 2:
+        first, second = buffer[offset], buffer[offset + 1]
+        size, start = second & 0x7F, offset + 2
+        if size == 126:
+            if len(buffer) - offset < 4:
+                break
+            size = struct.unpack_from("!H", buffer, start)[0]
+            start += 2
+        elif size == 127:
+            if len(buffer) - offset < 10:
+                break
+            size = struct.unpack_from("!Q", buffer, start)[0]
+            start += 8
+        if len(buffer) - start < size:
+            break
+        frames.append((first & 0x0F, buffer[start:start + size], bool(second & 0x80)))
+        offset = start + size
+    return frames, offset
+
+
 def upgrade_request(port: int) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -424,25 +448,8 @@ class Phone(asyncio.Protocol):
         self._frames()
 
     def _frames(self) -> None:
-        buffer, offset = self.buffer, 0
-        while len(buffer) - offset >= 2:
-            first, second = buffer[offset], buffer[offset + 1]
-            size, start = second & 0x7F, offset + 2
-            if size == 126:
-                if len(buffer) - offset < 4:
-                    break
-                size = struct.unpack_from("!H", buffer, start)[0]
-                start += 2
-            elif size == 127:
-                if len(buffer) - offset < 10:
-                    break
-                size = struct.unpack_from("!Q", buffer, start)[0]
-                start += 8
-            if len(buffer) - start < size:
-                break
-            payload = buffer[start:start + size]
-            offset = start + size
-            opcode = first & 0x0F
+        frames, used = server_frames(self.buffer)
+        for opcode, payload, _ in frames:
             if opcode in (OP_TEXT, OP_BINARY):
                 try:
                     self._sip(read_sip(payload))
@@ -458,7 +465,7 @@ class Phone(asyncio.Protocol):
                     self.sampler.errors[f"server closed {self.close_code}"] += 1
                     self.closing = True
                     self.transport.write(client_frame(payload[:2], OP_CLOSE))
-        self.buffer = buffer[offset:]
+        self.buffer = self.buffer[used:]
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.upgraded is not None and not self.upgraded.done():

@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sipload import server_frames  # noqa: E402 - bench/ is not a package
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
 TWISTD = ROOT_DIR / ".venv" / "bin" / "twistd"
@@ -238,29 +241,10 @@ class LoadClient(asyncio.Protocol):
         self._frames()
 
     def _frames(self) -> None:
-        buffer = self.buffer
-        offset = 0
-        while len(buffer) - offset >= 2:
-            first, second = buffer[offset], buffer[offset + 1]
-            size = second & 0x7F
-            start = offset + 2
-            if size == 126:
-                if len(buffer) - offset < 4:
-                    break
-                size = struct.unpack_from("!H", buffer, start)[0]
-                start += 2
-            elif size == 127:
-                if len(buffer) - offset < 10:
-                    break
-                size = struct.unpack_from("!Q", buffer, start)[0]
-                start += 8
-            if second & 0x80:
+        frames, used = server_frames(self.buffer)
+        for opcode, payload, masked in frames:
+            if masked:
                 raise SystemExit("server sent a masked frame")
-            if len(buffer) - start < size:
-                break
-            payload = buffer[start:start + size]
-            offset = start + size
-            opcode = first & 0x0F
             if opcode in (WS_OPCODE_TEXT, WS_OPCODE_BINARY):
                 self._message(payload)
             elif opcode == WS_OPCODE_PING:
@@ -268,7 +252,7 @@ class LoadClient(asyncio.Protocol):
             elif opcode == WS_OPCODE_CLOSE and not self.closing:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
                 print(f"client {self.index}: server closed ({code} {payload[2:]!r})", file=sys.stderr)
-        self.buffer = buffer[offset:]
+        self.buffer = self.buffer[used:]
 
     def _message(self, message: bytes) -> None:
         shared = self.shared
