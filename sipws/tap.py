@@ -132,6 +132,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
     installers: list[Callable[[SipwsService], None]] = []
     for module_name in (
         "sipws.logsetup",
+        "sipws.memory",
         "sipws.trace.tracer",
         "sipws.transport.tls_store",
         "sipws.transport.ws_server",
