@@ -17,7 +17,7 @@ import pytest_twisted
 
 from tests.integration.conftest import port_of
 from tests.interop.peers import JsSipUa, KamailioCore, Sipp, free_port
-from tests.interop.test_relay_interop import blocking, peers, sip_port, sipws_config  # noqa: F401
+from tests.interop.test_relay_interop import blocking, messages_both_ways, peers, sip_port, sipws_config  # noqa: F401
 
 NOPATH_CFG = Path(__file__).parent / "kamailio_nopath" / "kamailio.cfg"
 
@@ -71,14 +71,7 @@ def test_alias_mode_works_with_a_core_that_ignores_path(sipws_factory, peers, tm
     assert "Path: <sip:" not in dump, dump
 
     # MESSAGE both ways through the core, which sends to the stored Contact.
-    alice.send(cmd="message", target="sip:bob@example.com", body="hello bob")
-    got = yield blocking(bob.expect, "message")
-    assert got["body"] == "hello bob" and got["from"] == "sip:alice@example.com"
-    sent = yield blocking(alice.expect, "message_sent")
-    assert sent["status"] == 200
-    bob.send(cmd="message", target="sip:alice@example.com", body="hi alice")
-    got = yield blocking(alice.expect, "message")
-    assert got["body"] == "hi alice"
+    yield messages_both_ways(alice, bob)
     carol.send(cmd="message", target="sip:alice@example.com", body="from SIP.js")
     got = yield blocking(alice.expect, "message")
     assert got["body"] == "from SIP.js"

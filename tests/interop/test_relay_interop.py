@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import DatagramProtocol
 
 from tests.integration.conftest import port_of, wait_for
@@ -23,6 +23,19 @@ PEER_WAIT = 60.0
 
 def blocking(fn: Callable, *args: Any, wait: float = PEER_WAIT, **kwargs: Any):
     return threads.deferToThread(fn, *args, **kwargs).addTimeout(wait, reactor)
+
+
+@defer.inlineCallbacks
+def messages_both_ways(alice: JsSipUa, bob: JsSipUa):
+    """alice -> bob (200 back to alice), then bob -> alice, each checked at the receiver."""
+    alice.send(cmd="message", target="sip:bob@example.com", body="hello bob")
+    got = yield blocking(bob.expect, "message")
+    assert got["body"] == "hello bob" and got["from"] == "sip:alice@example.com"
+    sent = yield blocking(alice.expect, "message_sent")
+    assert sent["status"] == 200
+    bob.send(cmd="message", target="sip:alice@example.com", body="hi alice")
+    got = yield blocking(alice.expect, "message")
+    assert got["body"] == "hi alice"
 
 
 @pytest.fixture
@@ -69,14 +82,7 @@ def test_jssip_clients_register_with_path_and_exchange_messages(sipws_factory, p
     # Kamailio stored each binding with a Path through sipws's SIP socket, with the flow token.
     assert dump.count(f"127.0.0.1:{sip_port(root)}") >= 2, dump
     assert "Path" in dump and ";ob" in dump, dump
-    alice.send(cmd="message", target="sip:bob@example.com", body="hello bob")
-    got = yield blocking(bob.expect, "message")
-    assert got["body"] == "hello bob" and got["from"] == "sip:alice@example.com"
-    sent = yield blocking(alice.expect, "message_sent")
-    assert sent["status"] == 200
-    bob.send(cmd="message", target="sip:alice@example.com", body="hi alice")
-    got = yield blocking(alice.expect, "message")
-    assert got["body"] == "hi alice"
+    yield messages_both_ways(alice, bob)
     assert root.stats.get("sip.messages_in.ws") >= 4 and root.stats.get("sip.messages_out.udp") >= 4
 
 
