@@ -180,8 +180,13 @@ def _fail(line: str) -> None:
 
 
 def makeService(options: Options) -> SipwsService:
+    config = options["parsed"]
     try:
-        return build_service(options["parsed"])
+        if config.server.workers > 1:
+            from sipws.workers.master import build_master
+
+            return build_master(config, options["config"])
+        return build_service(config)
     except (ConfigError, StartupError) as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits

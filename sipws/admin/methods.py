@@ -390,6 +390,16 @@ def registrar_dump(root: Any) -> dict[str, Any]:
     return {"aors": aors, "count": count, "bindings": bindings}
 
 
+def workers(root: Any) -> dict[str, Any]:
+    """The worker processes; a single process is its own only worker (a master answers in
+    sipws.workers.admin)."""
+    import os
+
+    return {"master_pid": None, "workers": [{
+        "index": 0, "pid": os.getpid(), "state": "ready", "uptime": None, "restarts": 0,
+        "connections": len(root.connections)}]}
+
+
 def _flow_ids(root: Any) -> dict[str, int]:
     """Flow token -> connection id of every open server connection (for registrar.dump)."""
     relay = getattr(root, "relay", None)
@@ -437,6 +447,7 @@ METHODS: dict[str, Method] = {
         Method("version", version),
         Method("tls.reload", tls_reload, mutating=True),
         Method("registrar.dump", registrar_dump),
+        Method("workers", workers),
     )
 }
 
