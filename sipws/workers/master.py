@@ -161,6 +161,20 @@ class Supervisor(Service):
         super().startService()
         for handle in self.handles:
             self.spawn(handle)
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (in-process tests): admin tls.reload still works
+            pass
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        """Each worker re-reads its certificates (it owns its TLS contexts)."""
+        self.reactor.callFromThread(self._forward, signal.SIGHUP)
+
+    def _forward(self, signum: int) -> None:
+        log.info("SIGHUP: passed to {count} workers (tls reload)", count=self.count)
+        for handle in self.handles:
+            if handle.process is not None:
+                _signal(handle, signum)
         self._start_timer = self.reactor.callLater(START_TIMEOUT, self._start_too_slow)
 
     def _start_too_slow(self) -> None:
