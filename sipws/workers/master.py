@@ -161,6 +161,7 @@ class Supervisor(Service):
         super().startService()
         for handle in self.handles:
             self.spawn(handle)
+        self._start_timer = self.reactor.callLater(START_TIMEOUT, self._start_too_slow)
         try:
             signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (in-process tests): admin tls.reload still works
@@ -175,7 +176,6 @@ class Supervisor(Service):
         for handle in self.handles:
             if handle.process is not None:
                 _signal(handle, signum)
-        self._start_timer = self.reactor.callLater(START_TIMEOUT, self._start_too_slow)
 
     def _start_too_slow(self) -> None:
         self._start_timer = None

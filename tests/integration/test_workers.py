@@ -420,3 +420,15 @@ def answer_from(request: Any, status: int, contact: str = "") -> bytes:
         lines.append(f"Contact: {contact}")
     lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_workers_stop_when_the_master_is_killed(instance_factory, core):
+    instance = instance_factory(f"sip:127.0.0.1:{core.port};transport=udp")
+    on = instance.clients_on_both_workers()
+    pids = instance.worker_pids()
+    instance.process.kill()
+    instance.process.wait(WAIT)
+    for client, _ in on.values():
+        assert client.expect_close()[0] == 1001
+    wait(lambda: not any(alive(pid) for pid in pids), WAIT * 2, "workers gone after the master")
+    instance.clients = []
