@@ -47,6 +47,8 @@ log = Logger(namespace="sipws.master")
 
 #: Seconds a stopping worker gets to close its connections before SIGKILL.
 STOP_TIMEOUT = 15.0
+#: Seconds after SIGKILL before the master stops waiting for a worker's end.
+KILL_GRACE = 5.0
 #: A worker that dies sooner than this after its start is restarted after a back-off.
 MIN_UPTIME = 5.0
 #: First and longest restart delays of a worker that keeps dying young (seconds).
@@ -291,6 +293,11 @@ class Supervisor(Service):
                 _signal(handle, signal.SIGTERM)
         done = defer.DeferredList(waiting)
         killer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
+        # Never wait forever: a process that SIGKILL did not end (or that was
+        # never reaped) must not keep the master from exiting.
+        done.addTimeout(STOP_TIMEOUT + KILL_GRACE, self.reactor)
+        done.addErrback(lambda _: log.error("workers still not reaped {grace:g} s after SIGKILL; exiting anyway",
+                                            grace=KILL_GRACE))
         done.addBoth(lambda _: killer.cancel() if killer.active() else None)
         done.addBoth(lambda _: self._close_sockets())
         return done

@@ -90,9 +90,13 @@ class Instance:
             cwd=tmp_path, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.clients: list[RawWs] = []
-        wait(lambda: "all 2 workers ready" in self.log_text() or self.process.poll() is not None,
-             START_TIMEOUT, "workers ready")
-        assert self.process.poll() is None, self.log_text()
+        try:
+            wait(lambda: f"all {workers} workers ready" in self.log_text() or self.process.poll() is not None,
+                 START_TIMEOUT, "workers ready")
+            assert self.process.poll() is None, self.log_text()
+        except BaseException:
+            self.stop()
+            raise
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
