@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -48,7 +49,8 @@ def start_logging(index: int, level: str, fmt: str) -> None:
 
     def text(event: dict[str, Any]) -> str | None:
         event = dict(event)
-        event["log_system"] = system
+        level = getattr(event.get("log_level"), "name", "info")
+        event["log_system"] = f"{system} {event.get('log_namespace', '-')}#{level}"
         return formatEventAsClassicLogText(event)
 
     def as_json(event: dict[str, Any]) -> str | None:
@@ -204,8 +206,33 @@ def main(argv: list[str] | None = None) -> int:
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
-    reactor.run()
+    _stop_on_signals(reactor, worker)
+    reactor.run(installSignalHandlers=False)
     return 0
+
+
+def _stop_on_signals(reactor: Any, worker: Worker) -> None:
+    """SIGTERM/SIGINT stop the worker once, however many arrive.
+
+    A worker may get the same signal twice: from its master, and directly
+    (Ctrl-C reaches the whole process group; systemd without KillMode=mixed
+    signals every process of the unit).  Twisted's own handler would log a
+    critical ReactorNotRunning for the second.
+    """
+    def stop_once() -> None:
+        if not worker.stopping and reactor.running:
+            worker.stopping = True
+            reactor.stop()
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("worker {index}: {name}, closing every connection with 1001",
+                 index=worker.index, name=signal.Signals(signum).name)
+        reactor.callFromThread(stop_once)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    # Child processes (none today) would still be reaped: Twisted installs its
+    # SIGCHLD handling only with installSignalHandlers; sipws workers spawn none.
 
 
 if __name__ == "__main__":
