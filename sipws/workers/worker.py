@@ -212,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_signals(reactor: Any, worker: Worker) -> None:
-    """SIGTERM/SIGINT stop the worker once, however many arrive.
+    """SIGTERM stops the worker once, however many arrive; SIGINT is the master's.
 
-    A worker may get the same signal twice: from its master, and directly
-    (Ctrl-C reaches the whole process group; systemd without KillMode=mixed
-    signals every process of the unit).  Twisted's own handler would log a
-    critical ReactorNotRunning for the second.
+    A worker may get SIGTERM twice: from its master, and directly (systemd
+    without KillMode=mixed signals every process of the unit); Twisted's own
+    handler would log a critical ReactorNotRunning for the second.  Ctrl-C
+    sends SIGINT to the whole process group: the workers leave it to the
+    master, which stops them in order (were they to exit on their own first,
+    the master could take it for a crash and start them again).
     """
     def stop_once() -> None:
         if not worker.stopping and reactor.running:
@@ -225,12 +227,11 @@ def _stop_on_signals(reactor: Any, worker: Worker) -> None:
             reactor.stop()
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("worker {index}: {name}, closing every connection with 1001",
-                 index=worker.index, name=signal.Signals(signum).name)
+        log.info("worker {index}: SIGTERM, closing every connection with 1001", index=worker.index)
         reactor.callFromThread(stop_once)
 
     signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Child processes (none today) would still be reaped: Twisted installs its
     # SIGCHLD handling only with installSignalHandlers; sipws workers spawn none.
 

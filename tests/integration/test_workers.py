@@ -88,6 +88,8 @@ class Instance:
         self.process = subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", "sipws", "--config", str(config)],
             cwd=tmp_path, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # its own process group, as a terminal's foreground job (Ctrl-C reaches all of it)
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.clients: list[RawWs] = []
         try:
@@ -435,4 +437,16 @@ def test_workers_stop_when_the_master_is_killed(instance_factory, core):
     for client, _ in on.values():
         assert client.expect_close()[0] == 1001
     wait(lambda: not any(alive(pid) for pid in pids), WAIT * 2, "workers gone after the master")
+    instance.clients = []
+
+
+def test_ctrl_c_to_the_process_group_stops_the_instance_without_restarting_workers(instance_factory, core):
+    instance = instance_factory(f"sip:127.0.0.1:{core.port};transport=udp")
+    instance.clients_on_both_workers()
+    os.killpg(instance.process.pid, signal.SIGINT)
+    codes = [client.expect_close()[0] for client in instance.clients]
+    assert codes == [1001] * len(codes)
+    instance.process.wait(WAIT * 2)
+    assert instance.process.returncode in (0, -signal.SIGINT)
+    assert "restart" not in instance.log_text() and "Traceback" not in instance.log_text()
     instance.clients = []
