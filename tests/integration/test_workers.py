@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from sipws.sip import parse
+from tests.certs import CertificateAuthority
 from tests.integration.sipcore import core_request, reply, ws_request
 from tests.integration.wsclient import RawWs
 from tests.processes import stop_process
@@ -70,7 +72,7 @@ def free_port() -> int:
 class Instance:
     """One sipws instance with workers, started from a config file, stopped by pid."""
 
-    def __init__(self, tmp_path: Path, upstream: str, workers: int = 2) -> None:
+    def __init__(self, tmp_path: Path, upstream: str, workers: int = 2, extra: str = "") -> None:
         self.ws_port = free_port()
         self.admin_port = free_port()
         self.sip_port = free_port_pair()
@@ -82,7 +84,7 @@ class Instance:
             f'[http]\nrequire_origin = false\n'
             f'[sip]\nlisten = ["udp:127.0.0.1:{self.sip_port}", "tcp:127.0.0.1:{self.sip_port}"]\n'
             f'upstream = "{upstream}"\n'
-            f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
+            f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n' + extra
         )
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -189,8 +191,8 @@ def core():
 def instance_factory(tmp_path):
     started: list[Instance] = []
 
-    def make(upstream: str) -> Instance:
-        instance = Instance(tmp_path, upstream)
+    def make(upstream: str, extra: str = "") -> Instance:
+        instance = Instance(tmp_path, upstream, extra=extra)
         started.append(instance)
         return instance
 
@@ -450,3 +452,24 @@ def test_ctrl_c_to_the_process_group_stops_the_instance_without_restarting_worke
     assert instance.process.returncode in (0, -signal.SIGINT)
     assert "restart" not in instance.log_text() and "Traceback" not in instance.log_text()
     instance.clients = []
+
+
+def test_wss_with_alpn_is_served_by_every_worker(instance_factory, core, tmp_path):
+    """Each worker wraps its inherited socket in TLS as listenSSL would, ALPN included."""
+    ca = CertificateAuthority(tmp_path / "pki")
+    server = ca.issue("server", ["127.0.0.1"])
+    wss_port = free_port()
+    instance = instance_factory(f"sip:127.0.0.1:{core.port};transport=udp",
+                                extra=f'[wss]\nlisten = ["127.0.0.1:{wss_port}"]\n'
+                                      f'certificate = "{server.cert}"\nprivate_key = "{server.key}"\n')
+    context = ssl.create_default_context(cafile=ca.path)
+    context.set_alpn_protocols(["http/1.1"])  # as every browser offers
+    clients = []
+    for _ in range(SPREAD_CONNECTIONS):
+        client = RawWs(wss_port, tls=context)
+        assert client.upgrade()["sec-websocket-protocol"] == "sip"
+        assert client.sock.selected_alpn_protocol() == "http/1.1"
+        clients.append(client)
+    instance.clients.extend(clients)
+    dump = instance.result("ws.dump", limit=100)
+    assert {entry["worker"] for entry in dump["connections"] if entry["transport"] == "wss"} == {0, 1}
