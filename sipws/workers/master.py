@@ -226,6 +226,14 @@ class Supervisor(Service):
             handle.process = self.reactor.spawnProcess(
                 process, sys.executable, [sys.executable, "-m", "sipws.workers.worker", spec],
                 env=dict(os.environ), childFDs=child_fds)
+        except OSError as exc:
+            # e.g. the interpreter is not readable after twistd --uid dropped privileges
+            log.critical("cannot start worker {index} ({python}): {why}; stopping", index=handle.index,
+                         python=sys.executable, why=exc.strerror or exc)
+            handle.protocol = None
+            parent_end.close()
+            self.root.fail_start()
+            return
         finally:
             child_end.close()
         self.reactor.adoptStreamConnection(parent_end.fileno(), socket.AF_UNIX, _Handing(handle.control))
@@ -401,9 +409,13 @@ class Master(SipwsService):
 
     def fail_start(self) -> None:
         """A worker cannot start: stop the instance with the start-up exit status."""
+        if self.exit_status:
+            return  # already stopping for this reason
         self.exit_status = 2
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Any:
         stopped = super().stopService()

@@ -72,8 +72,9 @@ def free_port() -> int:
 class Instance:
     """One sipws instance with workers, started from a config file, stopped by pid."""
 
-    def __init__(self, tmp_path: Path, upstream: str, workers: int = 2, extra: str = "") -> None:
-        self.ws_port = free_port()
+    def __init__(self, tmp_path: Path, upstream: str, workers: int = 2, extra: str = "",
+                 ws_port: int = 0) -> None:
+        self.ws_port = ws_port or free_port()
         self.admin_port = free_port()
         self.sip_port = free_port_pair()
         self.log_path = tmp_path / "sipws.log"
@@ -191,8 +192,8 @@ def core():
 def instance_factory(tmp_path):
     started: list[Instance] = []
 
-    def make(upstream: str, extra: str = "") -> Instance:
-        instance = Instance(tmp_path, upstream, extra=extra)
+    def make(upstream: str, extra: str = "", ws_port: int = 0) -> Instance:
+        instance = Instance(tmp_path, upstream, extra=extra, ws_port=ws_port)
         started.append(instance)
         return instance
 
@@ -473,3 +474,19 @@ def test_wss_with_alpn_is_served_by_every_worker(instance_factory, core, tmp_pat
     instance.clients.extend(clients)
     dump = instance.result("ws.dump", limit=100)
     assert {entry["worker"] for entry in dump["connections"] if entry["transport"] == "wss"} == {0, 1}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding a port below 1024 needs root (CI runs as root)")
+def test_the_master_binds_a_port_below_1024_for_its_workers(instance_factory, core):
+    port = next(p for p in range(1023, 900, -1) if _tcp_free(p))
+    instance = instance_factory(f"sip:127.0.0.1:{core.port};transport=udp", ws_port=port)
+    instance.clients_on_both_workers()
+
+
+def _tcp_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
