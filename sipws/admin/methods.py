@@ -380,7 +380,11 @@ def registrar_dump(root: Any) -> dict[str, Any]:
     if standalone is None or not standalone.enabled:
         raise AdminError("standalone mode is off ([sip] upstream is set): the core keeps the bindings",
                          NOT_AVAILABLE)
-    flows = _flow_ids(root)
+    return registrar_listing(standalone, _flow_ids(root))
+
+
+def registrar_listing(standalone: Any, flows: dict[str, int]) -> dict[str, Any]:
+    """The bindings, each with the id of the connection its flow token names (``flows``)."""
     bindings = []
     for entry in standalone.bindings.dump():
         entry = dict(entry)

@@ -161,13 +161,7 @@ def _registrar_dump(master: Any, bound: dict[str, Any]) -> Any:
         flows: dict[str, int] = {}
         for mapping in maps:
             flows.update(mapping)
-        bindings = []
-        for entry in standalone.bindings.dump():
-            entry = dict(entry)
-            entry["conn_id"] = flows.get(entry.get("flow"))
-            bindings.append(entry)
-        aors, count = standalone.bindings.counts()
-        return {"aors": aors, "count": count, "bindings": bindings}
+        return methods.registrar_listing(standalone, flows)
 
     return asked.addCallback(fill)
 

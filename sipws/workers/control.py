@@ -157,3 +157,19 @@ class ControlProtocol(Int32StringReceiver):
             deferred.errback(ControlError("control channel closed"))
         if self.on_lost is not None:
             self.on_lost(reason)
+
+
+class HandOver:
+    """A factory stand-in for ``adoptStreamConnection``: hands over one ready protocol."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def buildProtocol(self, address: Any) -> Any:
+        return self.protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass

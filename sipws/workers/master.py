@@ -40,7 +40,7 @@ from sipws.config import Config, HostPort
 from sipws.errors import StartupError
 from sipws.tap import SipwsService
 from sipws.transport.ws_server import LISTEN_BACKLOG
-from sipws.workers.control import ControlProtocol
+from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import ID_BLOCK_SIZE, IdLeases, highest_port
 
 log = Logger(namespace="sipws.master")
@@ -236,7 +236,7 @@ class Supervisor(Service):
             return
         finally:
             child_end.close()
-        self.reactor.adoptStreamConnection(parent_end.fileno(), socket.AF_UNIX, _Handing(handle.control))
+        self.reactor.adoptStreamConnection(parent_end.fileno(), socket.AF_UNIX, HandOver(handle.control))
         parent_end.close()
         handle.pid = handle.process.pid
         handle.started_at = self.reactor.seconds()
@@ -343,22 +343,6 @@ def _describe_exit(status: Any) -> str:
         except ValueError:
             return f"was killed by signal {signum}"
     return f"exited with status {getattr(status, 'exitCode', '?')}"
-
-
-class _Handing:
-    """A factory stand-in for adoptStreamConnection: hands over one ready protocol."""
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def buildProtocol(self, address: Any) -> Any:
-        return self.protocol
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
 
 class _BoundPort:

@@ -30,7 +30,7 @@ from sipws.config import ConfigError, load_config
 from sipws.errors import StartupError
 from sipws.logsetup import json_line, make_formatter
 from sipws.transport.connections import SERVER
-from sipws.workers.control import ControlProtocol
+from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import LeasedIds, worker_config
 
 log = Logger(namespace="sipws.worker")
@@ -99,7 +99,7 @@ class Worker:
     def _connect_control(self, fd: int) -> None:
         handlers = {"admin": self._admin, "flows": self._flows, "ping": lambda: "pong"}
         self.control = ControlProtocol(handlers, self.reactor, on_lost=self._master_gone)
-        factory = _OneProtocol(self.control)
+        factory = HandOver(self.control)
         self.reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
         os.close(fd)
 
@@ -159,22 +159,6 @@ class Worker:
         self.stopping = True
         if self.reactor.running:
             self.reactor.stop()
-
-
-class _OneProtocol:
-    """A factory stand-in for adoptStreamConnection: hands over one ready protocol."""
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def buildProtocol(self, address: Any) -> Any:
-        return self.protocol
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
