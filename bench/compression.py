@@ -48,7 +48,6 @@ import base64
 import gc
 import json
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -719,7 +718,6 @@ def report_cpu(results: dict[str, dict[str, float]], alone: dict[str, dict[str, 
           f"{ROUNDS} rounds; inflated and compressed again by sipws when on)")
     for size in ("REGISTER", "INVITE"):
         off = results["off"][size]
-        cells = []
         print(f"   {size} ({results['off'][size + ' bytes']} B), µs per message: utime+stime (ratio to off) "
               "| utime alone (ratio)")
         user_off = results["off"][f"{size} user"]

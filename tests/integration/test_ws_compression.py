@@ -7,6 +7,7 @@ deflate stream that is not one, an offer with parameters sipws must decline.
 
 from __future__ import annotations
 
+import ssl
 import zlib
 
 import pytest
@@ -15,6 +16,7 @@ from twisted.internet import defer, protocol, reactor
 
 from sipws.transport import deflate
 from sipws.transport.ws_client import WsTarget
+from tests.certs import CertificateAuthority
 from tests.integration.conftest import WAIT, in_thread, port_of, wait_for
 from tests.integration.wsclient import RawWs, good_headers
 
@@ -56,8 +58,8 @@ def inflated(payload: bytes, decompressor=None) -> bytes:
     return decompressor.decompress(payload + TAIL)
 
 
-def upgrade(port: int, offer: str | None) -> tuple[RawWs, dict[str, str]]:
-    client = RawWs(port)
+def upgrade(port: int, offer: str | None, tls=None) -> tuple[RawWs, dict[str, str]]:
+    client = RawWs(port, tls=tls)
     headers = good_headers()
     if offer is not None:
         headers["Sec-WebSocket-Extensions"] = offer
@@ -150,12 +152,29 @@ def test_wss_section_has_its_own_switch(sipws_factory):
     assert (yield in_thread(answered, port_of(root), CHROMIUM_OFFER)) is None
 
 
+@pytest_twisted.inlineCallbacks
+def test_wss_compresses_with_its_own_bounds(echo, tmp_path):
+    ca = CertificateAuthority(tmp_path / "pki")
+    server = ca.issue("server", ["127.0.0.1"])
+    root = echo({"ws": {"listen": []},
+                 "wss": {"listen": ["127.0.0.1:0"], "certificate": server.cert, "private_key": server.key,
+                         "compression": True, "compression_max_window_bits": 10}})
+    context = ssl.create_default_context(cafile=ca.path)
+    client, headers = yield in_thread(upgrade, port_of(root, "wss"), CHROMIUM_OFFER, context)
+    client.shutdown()
+    assert headers["sec-websocket-extensions"] == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=10")
+    echoes = yield in_thread(exchange, port_of(root, "wss"), [REGISTER], CHROMIUM_OFFER, 10, False, context)
+    assert echoes == [(RSV1, REGISTER)] and root.received == [REGISTER]
+
+
 # ------------------------------------------------------------------ messages
 
 
-def exchange(port: int, messages: list[bytes], offer: str, wbits: int, takeover: bool) -> list[tuple[int, bytes]]:
+def exchange(port: int, messages: list[bytes], offer: str, wbits: int, takeover: bool,
+             tls=None) -> list[tuple[int, bytes]]:
     """Sends each message compressed, reads each echo; (RSV bits, inflated payload) per echo."""
-    client, headers = upgrade(port, offer)
+    client, headers = upgrade(port, offer, tls)
     try:
         assert headers.get("sec-websocket-extensions", "").startswith("permessage-deflate")
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wbits) if takeover else None
@@ -349,7 +368,8 @@ def test_client_role_offers_the_configured_bounds_only_when_on(sipws_factory):
             yield defer.DeferredList([sent.addTimeout(WAIT, reactor)], consumeErrors=True)
             assert len(heads) == 1
             lines = heads[0].decode().split("\r\n")
-            found = [line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("sec-websocket-extensions:")]
+            found = [line.split(":", 1)[1].strip() for line in lines
+                     if line.lower().startswith("sec-websocket-extensions:")]
             assert found == ([offer] if offer else []), lines
     finally:
         yield listener.stopListening()

@@ -20,7 +20,7 @@ import json
 import pytest
 
 from tests.integration.example_files import REPO
-from tests.interop.browser import BrowserDriver, Sipws, netns, wait_log  # noqa: F401 (netns: fixture)
+from tests.interop.browser import BrowserDriver, Sipws, netns  # noqa: F401 (netns: fixture)
 from tests.interop.peers import free_port
 from tests.interop.test_browser_phone import STEP_MS, check_clean_exit, exchange_messages, open_pair, require_phone_page
 
