@@ -14,10 +14,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
+from sipws.sip import parse
 from sipws.transport import deflate
 from sipws.transport.ws_client import WsTarget
 from tests.certs import CertificateAuthority
 from tests.integration.conftest import WAIT, in_thread, port_of, wait_for
+from tests.integration.sipcore import reply, udp_core
 from tests.integration.wsclient import RawWs, good_headers
 
 CHROMIUM_OFFER = "permessage-deflate; client_max_window_bits"
@@ -203,6 +205,41 @@ def test_compressed_register_is_handed_over_intact_and_answered_compressed(echo)
     assert root.stats.get("ws.deflate_messages_in") == 2 and root.stats.get("ws.deflate_messages_out") == 2
     assert 0 < root.stats.get("ws.deflate_wire_bytes_in") < 2 * len(REGISTER)
     assert 0 < root.stats.get("ws.deflate_wire_bytes_out") < 2 * len(REGISTER)
+
+
+def send_compressed(client: RawWs, message: bytes) -> None:
+    client.send_frame(0x1, deflated(message, wbits=12), rsv=RSV1)
+
+
+def read_inflated(client: RawWs) -> tuple[int, bytes]:
+    _, _, payload = client.read_frame()
+    return client.last_rsv, inflated(payload) if client.last_rsv == RSV1 else payload
+
+
+@pytest_twisted.inlineCallbacks
+def test_compressed_register_is_relayed_to_the_core_and_its_200_comes_back_compressed(sipws_factory):
+    core = udp_core()
+    try:
+        root = sipws_factory({"ws": {"compression": True},
+                              "sip": {"listen": ["udp:127.0.0.1:0"],
+                                      "upstream": f"sip:127.0.0.1:{core.number};transport=udp"}})
+        client, _ = yield in_thread(upgrade, port_of(root), CHROMIUM_OFFER)
+        yield in_thread(send_compressed, client, REGISTER)
+        request, raw, source = yield core.next()
+        # what the core gets is the browser's REGISTER, plus sipws's Via and Path
+        assert request.method == "REGISTER" and request.get("call-id") == "5hcqb2l9nfdkhl4pd0i1g0"
+        assert request.get("authorization") == parse(REGISTER).get("authorization")
+        assert len(request.vias) == 2 and request.vias[1].host == "4r8ad2k1jv0c.invalid"
+        assert len(request.paths) == 1
+        core.send(reply(request, extra="Contact: <sip:k1r7c2mq@4r8ad2k1jv0c.invalid;transport=ws>;expires=600"),
+                  source)
+        rsv, answer = yield in_thread(read_inflated, client)
+        assert rsv == RSV1
+        response = parse(answer)
+        assert response.status == 200 and [v.host for v in response.vias] == ["4r8ad2k1jv0c.invalid"]
+        client.shutdown()
+    finally:
+        yield core.port.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
