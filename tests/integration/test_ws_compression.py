@@ -440,3 +440,18 @@ def test_sipws_dialling_sipws_compresses_both_ways(sipws_factory, takeover):
     processor = record.protocol._perMessageCompress
     assert isinstance(processor, deflate.BoundedDeflate)
     assert (processor._compressor is None) is (not takeover)
+
+
+@pytest_twisted.inlineCallbacks
+def test_dialling_a_server_without_compression_opens_uncompressed(sipws_factory):
+    """Kamailio, OpenSIPS and sipws with compression off ignore the offer: no extension, plain frames."""
+    server = sipws_factory()
+    server.received = []
+    server.set_message_handler(lambda record, data: server.received.append((record, data)))
+    dialler = sipws_factory({"ws": {"listen": [], "compression": True}})
+    record = yield dialler.ws_client.send(WsTarget("127.0.0.1", port_of(server), False, "/"),
+                                          REGISTER).addTimeout(WAIT, reactor)
+    yield wait_for(lambda: server.received)
+    assert record.extensions == "" and server.received[0][0].extensions == ""
+    assert record.protocol._perMessageCompress is None
+    assert server.received[0][1] == REGISTER and server.stats.get("ws.deflate_messages_in") == 0
