@@ -32,7 +32,9 @@ each offers ``permessage-deflate; client_max_window_bits`` as Chromium does.
    and of the INVITE over one connection (sipws's message handler sends each message
    back: the WebSocket layer alone, where compression's cost is), per configuration;
    the ratio to "off".  Plus zlib alone in this process (µs per
-   message compressed / inflated), to see how much of it is zlib.
+   message compressed / inflated), to see how much of it is zlib, and the same echo
+   through sipws's server protocol in this process over an in-memory transport (no
+   sockets, no kernel, no other process: the steadiest figure on a shared machine).
 
 Every server starts fresh.  No figure depends on wall-clock time except the seconds
 printed for information.
@@ -689,6 +691,74 @@ def cpu(logdir: Path, messages: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def in_process(messages: int) -> dict[str, dict[str, float]]:
+    """µs of CPU (process_time) per echoed message through sipws's WebSocket server protocol
+    in this process, over an in-memory transport: no sockets, no kernel, no other process,
+    so the figure is steadier than the end-to-end one.  Lowest of ROUNDS runs."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from sipws.config import config_from_dict
+    from sipws.tap import build_service
+
+    ua = Ua("inproc", 11)
+    samples = {"REGISTER": ua.register(),
+               "INVITE": ua.request("INVITE", "sip:bob@example.com", "sip:bob@example.com", ua.word(22), 1,
+                                    ua.word(10), SDP_OFFER)}
+
+    def once(ws: dict[str, Any], message: bytes) -> float:
+        root = build_service(config_from_dict({"ws": {"listen": ["127.0.0.1:0"], **ws},
+                                               "sip": {"listen": [], "upstream": "sip:127.0.0.1:5060"},
+                                               "admin": {"listen": ""}}))
+        root.set_message_handler(lambda record, data: record.protocol.send_message(data))
+        protocol = root.ws_server.factories["ws"].buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+                                    peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol.makeConnection(transport)
+        key = base64.b64encode(os.urandom(16)).decode()
+        protocol.dataReceived((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                               f"Sec-WebSocket-Protocol: sip\r\nOrigin: {ORIGIN}\r\n"
+                               f"Sec-WebSocket-Extensions: {CHROMIUM_OFFER}\r\n\r\n").encode())
+        head = transport.value()
+        transport.clear()
+        assert head.startswith(b"HTTP/1.1 101"), head
+        window = 15
+        for part in head.decode().split("\r\n"):
+            if part.lower().startswith("sec-websocket-extensions:") and "client_max_window_bits=" in part:
+                window = int(part.rsplit("client_max_window_bits=", 1)[1].split(";")[0])
+        compressed = b"permessage-deflate" in head
+        frames = []
+        for _ in range(messages):
+            data, rsv = message, 0
+            if compressed:
+                packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window, 8)
+                data, rsv = (packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH))[:-4], 0x40
+            size = len(data)
+            header = (struct.pack("!BBH", 0x80 | rsv | 1, 0x80 | 126, size) if size >= 126
+                      else struct.pack("!BB", 0x80 | rsv | 1, 0x80 | size))
+            frames.append(header + b"\x00\x00\x00\x00" + data)  # a zero mask key
+        gc.collect()
+        gc.disable()  # the collector's pauses would land on whichever message triggers them
+        try:
+            start = time.process_time()
+            for frame in frames:
+                protocol.dataReceived(frame)
+                transport.clear()
+            spent = time.process_time() - start
+        finally:
+            gc.enable()
+        return spent / messages * 1e6
+
+    results: dict[str, dict[str, float]] = {}
+    for name, config in CONFIGS.items():
+        if name == "on-kept":
+            continue  # a bench-only switch of the server process, not of this one
+        ws = {key: value for key, value in config.items() if not key.startswith("_")}
+        results[name] = {label: min(once(ws, message) for _ in range(ROUNDS)) for label, message in samples.items()}
+    return results
+
+
 def zlib_alone(rounds: int = 2000) -> dict[str, dict[str, float]]:
     """µs per message for zlib alone: compress (fresh stream per message, as without context
     takeover) and inflate, per configuration's window and memLevel."""
@@ -711,6 +781,14 @@ def zlib_alone(rounds: int = 2000) -> dict[str, dict[str, float]]:
             row[f"inflate {label}"] = (time.process_time() - start) / rounds * 1e6
         out[f"{bits} bits, memLevel {level}"] = row
     return out
+
+
+def report_in_process(results: dict[str, dict[str, float]], messages: int) -> None:
+    print(f"   sipws's WebSocket server protocol in this process (in-memory transport, {messages} echoes, lowest of "
+          f"{ROUNDS}), µs of CPU per message (ratio to off):")
+    for name, row in results.items():
+        print(f"     {name:12s} " + ", ".join(f"{label} {value:6.1f} ({value / results['off'][label]:4.2f}x)"
+                                          for label, value in row.items()))
 
 
 def report_cpu(results: dict[str, dict[str, float]], alone: dict[str, dict[str, float]], messages: int) -> None:
@@ -752,6 +830,7 @@ def main(argv: list[str]) -> int:
             report_memory(memory(logdir, args.connections))
         if args.only in (None, "cpu"):
             report_cpu(cpu(logdir, args.messages), zlib_alone(), args.messages)
+            report_in_process(in_process(args.messages), args.messages)
     print(f"total {time.perf_counter() - started:.0f} s (wall, for information)")
     return 0
 
