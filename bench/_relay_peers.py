@@ -55,6 +55,12 @@ STEP_TIMEOUT = 10.0
 #: Requests (options) or calls every connection makes before the measured phase.
 WARMUP_OPTIONS_PER_CLIENT = 20
 WARMUP_CALLS_PER_CLIENT = 5
+#: The core's 2xx retransmission (RFC 3261 §13.3.1.4): T1, doubling up to T2, until the ACK,
+#: given up after 64*T1; and how many ended calls it remembers to answer a retransmitted BYE.
+T1, T2 = 0.5, 4.0
+RETRANSMIT_FOR = 64 * T1
+RETRANSMIT_SCAN = 0.05
+ENDED_REMEMBERED = 50000
 #: What the core must have seen of every counted call, in order.
 CALL_SEQUENCE = ["INVITE", "ACK", "MESSAGE", "BYE"]
 SDP_OFFER = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0 8\r\n"
@@ -122,6 +128,7 @@ class CoreStats:
     out_of_order: int = 0
     bad_examples: list[str] = field(default_factory=list)
     retransmissions: int = 0
+    resent_2xx: int = 0
     route_left: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
 
@@ -135,21 +142,41 @@ class Core:
         self.calls: dict[bytes, tuple[list[str], set[tuple[bytes, bytes]]]] = {}
         self.stats = CoreStats()
         self.samples: dict[str, str] = {}
+        #: Call-ID -> [the 2xx to INVITE, address, next resend, interval, give-up time] until the ACK
+        self.unacked: dict[bytes, list] = {}
+        #: Call-ID -> the answer to its BYE (a retransmitted BYE gets it again), oldest first
+        self.ended: dict[bytes, bytes] = {}
 
     def take_stats(self) -> dict[str, Any]:
         stats = self.stats
         report = {"in_order": stats.in_order, "out_of_order": stats.out_of_order, "open": len(self.calls),
                   "bad_examples": stats.bad_examples, "retransmissions": stats.retransmissions,
+                  "resent_2xx": stats.resent_2xx, "unacked_2xx": len(self.unacked),
                   "route_left": stats.route_left, "by_method": stats.by_method}
         self.stats = CoreStats()
         self.calls.clear()
+        self.unacked.clear()
         return report
 
     def take_samples(self) -> dict[str, str]:
         samples, self.samples = self.samples, {}
         return samples
 
-    def handle(self, data: bytes) -> list[bytes]:
+    def resend(self, now: float, sendto: Any) -> None:
+        """Send again every 2xx to INVITE whose ACK has not come in time."""
+        for call_id, entry in list(self.unacked.items()):
+            if now >= entry[4]:
+                del self.unacked[call_id]
+            elif now >= entry[2]:
+                self.stats.resent_2xx += 1
+                entry[3] = min(entry[3] * 2, T2)
+                entry[2] = now + entry[3]
+                try:
+                    sendto(entry[0], entry[1])
+                except OSError:
+                    pass
+
+    def handle(self, data: bytes, address: Any = None) -> list[bytes]:
         """The datagrams to send back for one received datagram."""
         if data.startswith(b"SIP/2.0"):
             return []
@@ -166,6 +193,9 @@ class Core:
         vias = headers.get(b"via", [b""])
         key = (method.encode(), _branch(vias[0]))
         call = self.calls.get(call_id)
+        if call is None and method == "BYE" and call_id in self.ended:
+            stats.retransmissions += 1
+            return [self.ended[call_id]]
         if method == "INVITE" and call is None and b"tag=" not in headers.get(b"to", [b""])[0]:
             call = self.calls[call_id] = ([], set())
         if call is not None:
@@ -179,10 +209,14 @@ class Core:
                 if method != "INVITE" and b"route" in headers:
                     stats.route_left += 1
         if method == "INVITE":
-            return [self.reply(headers, b"100 Trying", tag=False),
-                    self.reply(headers, b"180 Ringing", dialog=True),
-                    self.reply(headers, b"200 OK", dialog=True, body=SDP_ANSWER)]
+            final = self.reply(headers, b"200 OK", dialog=True, body=SDP_ANSWER)
+            if address is not None:
+                now = time.monotonic()
+                self.unacked[call_id] = [final, address, now + T1, T1, now + RETRANSMIT_FOR]
+            return [self.reply(headers, b"100 Trying", tag=False), self.reply(headers, b"180 Ringing", dialog=True),
+                    final]
         if method == "ACK":
+            self.unacked.pop(call_id, None)
             return []
         extra: list[bytes] = []
         if method == "BYE" and call is not None:
@@ -195,6 +229,11 @@ class Core:
                 if len(stats.bad_examples) < 5:
                     stats.bad_examples.append(f"{call_id.decode(errors='replace')}: {','.join(seen)}")
             del self.calls[call_id]
+            answer = self.reply(headers, b"200 OK", extra=extra)
+            self.ended[call_id] = answer
+            if len(self.ended) > ENDED_REMEMBERED:
+                del self.ended[next(iter(self.ended))]
+            return [answer]
         elif method == "REGISTER":
             extra += [b"Contact: " + value for value in headers.get(b"contact", [])]
             extra += [b"Path: " + value for value in headers.get(b"path", [])]
@@ -231,11 +270,17 @@ def run_responder() -> int:
     print(f"READY {port}", flush=True)
     recvfrom, sendto, handle = sock.recvfrom, sock.sendto, core.handle
     stdin = sys.stdin
+    next_scan = time.monotonic() + RETRANSMIT_SCAN
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_READ, "sip")
         selector.register(stdin, selectors.EVENT_READ, "commands")
         while True:
-            for key, _ in selector.select():
+            events = selector.select(RETRANSMIT_SCAN)
+            now = time.monotonic()
+            if now >= next_scan:
+                core.resend(now, sendto)
+                next_scan = now + RETRANSMIT_SCAN
+            for key, _ in events:
                 if key.data == "commands":
                     line = stdin.readline()
                     if not line:
@@ -251,7 +296,7 @@ def run_responder() -> int:
                         data, address = recvfrom(MAX_DATAGRAM)
                     except BlockingIOError:
                         break
-                    for reply in handle(data):
+                    for reply in handle(data, address):
                         try:
                             sendto(reply, address)
                         except OSError:

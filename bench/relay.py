@@ -125,6 +125,36 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on the UDP sockets these processes
+    hold, since each socket was opened (the ``drops`` column of /proc/net/udp, udp6)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                total += int(fields[12])
+    return total
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A loopback port free right now (the server binds it a moment later)."""
     with socket.socket(socket.AF_INET, kind) as sock:
@@ -305,6 +335,8 @@ class Result:
     notes: dict[str, int]
     processes: int
     core: dict = field(default_factory=dict)
+    server_drops: int = 0
+    core_drops: int = 0
 
     @property
     def unit(self) -> str:
@@ -335,19 +367,21 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
             raise RuntimeError(f"load generator: {ready!r}")
         responder.ask("stats")  # the warm-up's record is dropped
         server.refresh_pids()
+        drops_before = udp_drops(server.pids), udp_drops(responder.pids)
         server_before, responder_before = server.cpu_by_pid(), responder.cpu_by_pid()
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
         server.refresh_pids()
         server_cpu = cpu_between(server_before, server.cpu_by_pid())
         responder_cpu = cpu_between(responder_before, responder.cpu_by_pid())
+        drops = udp_drops(server.pids) - drops_before[0], udp_drops(responder.pids) - drops_before[1]
         core = json.loads(responder.ask("stats")) if args.scenario == "calls" else {}
         load.proc.wait(STOP_GRACE)
     finally:
         load.stop()
     return Result(name, args.scenario, report["completed"], report["attempted"], report["seconds"], server_cpu,
                   responder_cpu, report["load_cpu"], report["p50_ms"], report["p99_ms"], report["max_ms"],
-                  report["statuses"], report["failures"], report["notes"], len(server.pids), core)
+                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops)
 
 
 def print_result(result: Result) -> None:
@@ -359,7 +393,8 @@ def print_result(result: Result) -> None:
           f"  max {result.max_ms:6.1f} ms")
     statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items()))
     print(f"  {'':<24} load generator {result.load_cpu / result.seconds:4.2f} cores, core "
-          f"{result.responder_cpu / result.seconds:4.2f} cores; final responses: {statuses}")
+          f"{result.responder_cpu / result.seconds:4.2f} cores; UDP datagrams dropped: at the proxy "
+          f"{result.server_drops}, at the core {result.core_drops}; final responses: {statuses}")
     failed = sum(result.failures.values())
     counted = f"{result.completed} of {result.attempted} {result.unit}s counted"
     if failed:
@@ -369,6 +404,9 @@ def print_result(result: Result) -> None:
         core = result.core
         counted += (f"; the core saw {core.get('in_order', 0)} calls complete in order, "
                     f"{core.get('out_of_order', 0)} out of order, {core.get('open', 0)} left open")
+        if core.get("retransmissions") or core.get("resent_2xx"):
+            counted += (f"; the core got {core.get('retransmissions', 0)} retransmitted requests and resent "
+                        f"{core.get('resent_2xx', 0)} 2xx (no ACK in time)")
         if core.get("route_left"):
             counted += f", {core['route_left']} in-dialog requests still carrying a Route"
         if core.get("bad_examples"):
@@ -432,6 +470,8 @@ def bench(args: argparse.Namespace) -> int:
     runs = [(sipws_name, "sipws"), ("kamailio t_relay", "t_relay")]
     if not args.no_stateless:
         runs.append(("kamailio forward", "forward"))
+    if args.only:
+        runs = [run for run in runs if run[1] == args.only]
     failed_units = 0
     with tempfile.TemporaryDirectory(prefix="sipws-bench-relay-") as tmp:
         workdir = Path(tmp)
@@ -471,6 +511,8 @@ def bench(args: argparse.Namespace) -> int:
         finally:
             for process in reversed(processes):
                 process.stop()
+    if args.only:
+        return 0
     sipws, kamailio = best(results, sipws_name), best(results, "kamailio t_relay")
     what = "calls/s" if args.scenario == "calls" else "req/s"
     print(f"best of {args.rounds}: {sipws_name} {sipws.rate:.0f} {what}, {sipws.cpu_us:.0f} us CPU/{sipws.unit}; "
@@ -546,6 +588,8 @@ def main(argv: list[str]) -> int:
                              f"no stateless Kamailio run")
     parser.add_argument("--no-stateless", action="store_true", help="skip the Kamailio forward() run")
     parser.add_argument("--profile", default="", help="run sipws under cProfile, stats to this file")
+    parser.add_argument("--only", choices=["sipws", "t_relay", "forward"], default="",
+                        help="measure one proxy only (no ratios)")
     parser.add_argument("--show", action="store_true",
                         help="one REGISTER and one call through each proxy: print the headers they add")
     parser.add_argument("--responder", action="store_true", help=argparse.SUPPRESS)
