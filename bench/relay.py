@@ -512,6 +512,8 @@ def bench(args: argparse.Namespace) -> int:
             for process in reversed(processes):
                 process.stop()
     if args.only:
+        if args.profile and args.only == "sipws":
+            print_profile(args.profile)
         return 0
     sipws, kamailio = best(results, sipws_name), best(results, "kamailio t_relay")
     what = "calls/s" if args.scenario == "calls" else "req/s"
