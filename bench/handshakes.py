@@ -57,53 +57,117 @@ LINE_TIMEOUT = 120.0
 # -- the generator (a child process) -----------------------------------------------------
 
 
-async def generate(port: int, concurrency: int, duration: float) -> None:
-    """Warm up, print READY, wait for a line, run cycles for ``duration`` s, print JSON."""
-    generator = _wsload._Generator(port, False)
-    failures = 0
+def generate(port: int, concurrency: int, duration: float) -> None:
+    """Warm up, print READY, wait for a line, run cycles for ``duration`` s, print JSON.
+
+    A bare epoll loop over non-blocking sockets rather than asyncio: a cycle costs the
+    generator a fraction of what it costs the server, so that the generators, which share the
+    machine's cores with sipws, leave as much CPU as possible to the server."""
+    import errno
+    import selectors
+
+    request = _wsload._request(port)
+    selector = selectors.EpollSelector()
+    state: dict[int, list] = {}  # fd -> [socket, phase, started, buffer]
+    counts = {"ok": 0, "failed": 0}
     latencies: list[float] = []
+    source = [0]
 
-    async def one() -> bool:
-        nonlocal failures
-        began = time.perf_counter()
-        try:
-            protocol = await asyncio.wait_for(generator.open(), _wsload.STEP_TIMEOUT)
-            latency = time.perf_counter() - began
-            protocol.transport.write(_wsload.CLOSE_1000)
-            await asyncio.wait_for(protocol.closed, _wsload.STEP_TIMEOUT)
-            latencies.append(latency)
-            return True
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            failures += 1
-            if failures <= 3:
-                print(f"cycle failed: {exc!r}", file=sys.stderr)
+    def fail(fd: int, why: str) -> None:
+        sock = state.pop(fd)[0]
+        selector.unregister(sock)
+        sock.close()
+        counts["failed"] += 1
+        if counts["failed"] <= 3:
+            print(f"cycle failed: {why}", file=sys.stderr)
+
+    def start() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_IP, _wsload.IP_BIND_ADDRESS_NO_PORT, 1)
+        source[0] = (source[0] + 1) % _wsload.SOURCE_ADDRESSES
+        sock.bind((f"127.0.0.{2 + source[0]}", 0))
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            counts["failed"] += 1
+            return
+        state[sock.fileno()] = [sock, "connect", time.perf_counter(), b""]
+        selector.register(sock, selectors.EVENT_WRITE)
+
+    def step(fd: int) -> bool:
+        """Advance one connection; True when its cycle is complete."""
+        entry = state[fd]
+        sock, phase = entry[0], entry[1]
+        if phase == "connect":
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                fail(fd, os.strerror(code))
+                return False
+            sock.send(request)
+            entry[1] = "upgrade"
+            selector.modify(sock, selectors.EVENT_READ)
             return False
+        try:
+            data = sock.recv(65536)
+        except ConnectionError as exc:
+            fail(fd, repr(exc))
+            return False
+        if phase == "upgrade":
+            if not data:
+                fail(fd, "closed before 101")
+                return False
+            entry[3] += data
+            end = entry[3].find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            head = entry[3][:end].lower()
+            if not head.startswith(b"http/1.1 101") or b"\r\nsec-websocket-protocol: sip" not in head:
+                fail(fd, head.split(b"\r\n")[0].decode(errors="replace"))
+                return False
+            latencies.append(time.perf_counter() - entry[2])
+            sock.send(_wsload.CLOSE_1000)
+            entry[1] = "closing"
+            return False
+        if data:
+            return False  # the server's Close frame; its FIN follows
+        selector.unregister(sock)
+        sock.close()
+        del state[fd]
+        return True
 
-    remaining = [WARMUP_CYCLES]
+    def run(until: float, cycles: int) -> int:
+        """Cycles until the clock passes ``until`` or ``cycles`` are done (0: no count limit)."""
+        done = 0
+        started = 0
+        while len(state) < concurrency and (not cycles or started < cycles):
+            start()
+            started += 1
+        while state:
+            now = time.perf_counter()
+            for key, _ in selector.select(0.5):
+                if key.fd in state and step(key.fd):
+                    done += 1
+                    counts["ok"] += 1
+                    if (not cycles or started < cycles) and time.perf_counter() < until:
+                        start()
+                        started += 1
+            for fd in [fd for fd, entry in state.items() if now - entry[2] > _wsload.STEP_TIMEOUT]:
+                fail(fd, "timeout")
+        return done
 
-    async def warm() -> None:
-        while remaining[0] > 0:
-            remaining[0] -= 1
-            await one()
-
-    await asyncio.gather(*(warm() for _ in range(concurrency)))
-    failures, latencies = 0, []
+    run(float("inf"), WARMUP_CYCLES)
+    counts.update(ok=0, failed=0)
+    latencies.clear()
     print("READY", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    started = time.perf_counter()
-    deadline = started + duration
-    ok = [0]
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            if await one():
-                ok[0] += 1
-
+    sys.stdin.readline()
     before = os.times()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    began = time.perf_counter()
+    run(began + duration, 0)
+    elapsed = time.perf_counter() - began
     after = os.times()
     latencies.sort()
-    print(json.dumps({"ok": ok[0], "failed": failures, "seconds": time.perf_counter() - started,
+    print(json.dumps({"ok": counts["ok"], "failed": counts["failed"], "seconds": elapsed,
                       "median_upgrade_ms": latencies[len(latencies) // 2] * 1e3 if latencies else 0.0,
                       "cpu": (after.user + after.system) - (before.user + before.system)}), flush=True)
 
@@ -256,7 +320,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _wsload.raise_file_limit()
     if args.generate:
-        asyncio.run(generate(args.generate, args.concurrency, args.duration))
+        generate(args.generate, args.concurrency, args.duration)
         return 0
     if args.quick:
         args.rounds, args.duration = 1, 3.0
@@ -293,6 +357,11 @@ def main(argv: list[str]) -> int:
         if row["spread"]:
             spread = ", ".join(f"pid {pid}: {count}" for pid, count in row["spread"].items())
             print(f"  spread of {args.spread} held connections, {row['workers']} worker(s): {spread}")
+    load_us = one["load_cores"] / one["rate"] * 1e6
+    ceiling = (os.cpu_count() or 1) / ((one["cpu_us"] + load_us) / 1e6)
+    print(f"  ceiling on this machine: the generators cost {load_us:.0f} us per cycle beside sipws's "
+          f"{one['cpu_us']:.0f} us, so {os.cpu_count()} cores running nothing else would allow at most "
+          f"{ceiling:.0f} handshakes/s, {ceiling / one['rate']:.2f} x the 1-process figure")
     if not rows[args.workers]:
         print(f"best of {args.rounds}: 1 process {one['rate']:.0f} handshakes/s, {one['cpu_us']:.0f} us CPU each; "
               f"no {args.workers}-worker figure (this sipws has no [server] workers), so no ratio")
