@@ -7,7 +7,8 @@ would run it with no arguments, which only prints this text).
   Call-ID that began with an INVITE it records the sequence of distinct requests it saw
   (a retransmission, same method and top-Via branch, is answered again but not recorded),
   and answers the BYE with ``X-Core-Saw: INVITE,ACK,MESSAGE,BYE`` (what it saw, in order),
-  so the caller can check the far end of its own call.  Line commands on stdin:
+  so the caller can check the far end of its own call (a retransmitted BYE gets the same
+  answer again).  Line commands on stdin:
   ``stats`` (one JSON line: calls seen in order, out of order, still open; requests by
   method; in-dialog requests that still carried a Route; then the counters restart) and
   ``samples`` (one JSON line: the first request of each method since the last ``samples``,
