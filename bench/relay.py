@@ -337,6 +337,8 @@ class Result:
     core: dict = field(default_factory=dict)
     server_drops: int = 0
     core_drops: int = 0
+    #: CPU seconds of each process of the proxy over the phase, the one the bench started first
+    by_process: list[float] = field(default_factory=list)
 
     @property
     def unit(self) -> str:
@@ -372,7 +374,9 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
         server.refresh_pids()
-        server_cpu = cpu_between(server_before, server.cpu_by_pid())
+        server_after = server.cpu_by_pid()
+        server_cpu = cpu_between(server_before, server_after)
+        by_process = [server_after[pid] - server_before.get(pid, 0.0) for pid in server.pids if server_after[pid]]
         responder_cpu = cpu_between(responder_before, responder.cpu_by_pid())
         drops = udp_drops(server.pids) - drops_before[0], udp_drops(responder.pids) - drops_before[1]
         core = json.loads(responder.ask("stats")) if args.scenario == "calls" else {}
@@ -381,7 +385,7 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         load.stop()
     return Result(name, args.scenario, report["completed"], report["attempted"], report["seconds"], server_cpu,
                   responder_cpu, report["load_cpu"], report["p50_ms"], report["p99_ms"], report["max_ms"],
-                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops)
+                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process)
 
 
 def print_result(result: Result) -> None:
@@ -395,6 +399,9 @@ def print_result(result: Result) -> None:
     print(f"  {'':<24} load generator {result.load_cpu / result.seconds:4.2f} cores, core "
           f"{result.responder_cpu / result.seconds:4.2f} cores; UDP datagrams dropped: at the proxy "
           f"{result.server_drops}, at the core {result.core_drops}; final responses: {statuses}")
+    if result.name.startswith("sipws") and len(result.by_process) > 1:
+        shares = ", ".join(f"{cpu / result.seconds:4.2f}" for cpu in result.by_process)
+        print(f"  {'':<24} cores by process (master first): {shares}")
     failed = sum(result.failures.values())
     counted = f"{result.completed} of {result.attempted} {result.unit}s counted"
     if failed:
