@@ -372,6 +372,13 @@ def main(argv: list[str]) -> int:
           f"{many['rate']:.0f} handshakes/s")
     print(f"  ratio {args.workers} workers / 1: handshakes/s {ratio:.2f} (target >= {TARGET_RATIO}: "
           f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}), CPU per handshake {many['cpu_us'] / one['cpu_us']:.2f}")
+    paired = [b["rate"] / a["rate"] for a, b in zip(rows[1], rows[args.workers])]
+    ordered = sorted(paired)
+    half = len(ordered) // 2
+    median = ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+    listed = ", ".join(f"{value:.2f}" for value in paired)
+    print(f"  median of round-by-round ratios (each {args.workers}-worker run against the 1-process run before it): "
+          f"{median:.2f} ({listed})")
     return 0
 
 

@@ -457,6 +457,20 @@ def best(results: list[Result], name: str) -> Result:
     return min((r for r in results if r.name == name), key=lambda r: r.cpu_us)
 
 
+def paired_line(label: str, results: list[Result], ours: str, theirs: str) -> str:
+    """Ratios round by round (each proxy against the other's run next to it in time, so the
+    same neighbours' load), and their median: steadier than best against best on a busy machine."""
+    pairs = list(zip([r for r in results if r.name == ours], [r for r in results if r.name == theirs]))
+    metrics = {"throughput": lambda a, b: a.rate / b.rate, f"CPU per {pairs[0][0].unit}": lambda a, b: a.cpu_us / b.cpu_us,
+               "p50": lambda a, b: a.p50_ms / b.p50_ms, "p99": lambda a, b: a.p99_ms / b.p99_ms}
+    parts = []
+    for metric, ratio in metrics.items():
+        values = sorted(ratio(a, b) for a, b in pairs)
+        median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        parts.append(f"{metric} {median:.2f} ({', '.join(f'{ratio(a, b):.2f}' for a, b in pairs)})")
+    return f"  median of round-by-round ratios {label}: " + ", ".join(parts)
+
+
 def ratio_line(label: str, ours: Result, theirs: Result) -> str:
     return (f"  ratio {label}: throughput {ours.rate / theirs.rate:.2f}, CPU per {ours.unit} "
             f"{ours.cpu_us / theirs.cpu_us:.2f}, p50 {ours.p50_ms / theirs.p50_ms:.2f}, "
@@ -529,6 +543,7 @@ def bench(args: argparse.Namespace) -> int:
     print(ratio_line(f"{sipws_name} / kamailio t_relay", sipws, kamailio))
     if not args.no_stateless:
         print(ratio_line(f"{sipws_name} / kamailio forward ", sipws, best(results, "kamailio forward")))
+    print(paired_line(f"{sipws_name} / kamailio t_relay", results, sipws_name, "kamailio t_relay"))
     if failed_units:
         print(f"  {failed_units} {sipws.unit}s FAILED over the run (not counted in any figure above)")
     if args.profile:
