@@ -62,6 +62,8 @@ T1, T2 = 0.5, 4.0
 RETRANSMIT_FOR = 64 * T1
 RETRANSMIT_SCAN = 0.05
 ENDED_REMEMBERED = 50000
+#: Seconds --show leaves its REGISTER to be answered before the call.
+SHOW_REGISTER_WAIT = 0.3
 #: What the core must have seen of every counted call, in order.
 CALL_SEQUENCE = ["INVITE", "ACK", "MESSAGE", "BYE"]
 SDP_OFFER = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0 8\r\n"
@@ -706,7 +708,6 @@ async def run_load(scenario: str, port: int, count: int, units: int, window: int
 
 async def run_show(port: int) -> None:
     """One client: a REGISTER, then one call; prints what it received as one JSON line."""
-    loop = asyncio.get_running_loop()
     shared = Shared()
     received: list[str] = []
 
@@ -724,13 +725,11 @@ async def run_show(port: int) -> None:
         f'00000000-0000-4000-8000-000000000001>";reg-id=1;expires=600', "Supported: path, outbound, gruu",
         "Expires: 600"))
     client.transport.write(client_frame(register))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(SHOW_REGISTER_WAIT)
     await asyncio.wait_for(_phase([client], shared, 1, 1, "show"), CALL_TIMEOUT + 5)
     print(json.dumps({"completed": shared.completed, "failures": shared.failures, "received": received}),
           flush=True)
     await _close([client])
-    await asyncio.sleep(0)
-    del loop
 
 
 if __name__ == "__main__":
