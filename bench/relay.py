@@ -125,6 +125,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
 def udp_drops(pids: list[int]) -> int:
     """Datagrams the kernel dropped (receive buffer full) on the UDP sockets these processes
     hold, since each socket was opened (the ``drops`` column of /proc/net/udp, udp6)."""
@@ -339,6 +347,8 @@ class Result:
     core_drops: int = 0
     #: CPU seconds of each process of the proxy over the phase, the one the bench started first
     by_process: list[float] = field(default_factory=list)
+    #: cores in use on the whole machine during the phase (ours and everybody else's)
+    machine_cores: float = 0.0
 
     @property
     def unit(self) -> str:
@@ -371,8 +381,12 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         server.refresh_pids()
         drops_before = udp_drops(server.pids), udp_drops(responder.pids)
         server_before, responder_before = server.cpu_by_pid(), responder.cpu_by_pid()
+        machine_before = machine_jiffies()
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
+        machine_after = machine_jiffies()
+        machine = ((machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1)
+                   * (os.cpu_count() or 1))
         server.refresh_pids()
         server_after = server.cpu_by_pid()
         server_cpu = cpu_between(server_before, server_after)
@@ -385,7 +399,7 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         load.stop()
     return Result(name, args.scenario, report["completed"], report["attempted"], report["seconds"], server_cpu,
                   responder_cpu, report["load_cpu"], report["p50_ms"], report["p99_ms"], report["max_ms"],
-                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process)
+                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process, machine)
 
 
 def print_result(result: Result) -> None:
@@ -396,7 +410,8 @@ def print_result(result: Result) -> None:
           f"{'es' if result.processes > 1 else ''})  {latency}p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
           f"  max {result.max_ms:6.1f} ms")
     statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items()))
-    print(f"  {'':<24} load generator {result.load_cpu / result.seconds:4.2f} cores, core "
+    print(f"  {'':<24} whole machine {result.machine_cores:4.2f} of {os.cpu_count()} cores; "
+          f"load generator {result.load_cpu / result.seconds:4.2f} cores, core "
           f"{result.responder_cpu / result.seconds:4.2f} cores; UDP datagrams dropped: at the proxy "
           f"{result.server_drops}, at the core {result.core_drops}; final responses: {statuses}")
     if result.name.startswith("sipws") and len(result.by_process) > 1:
