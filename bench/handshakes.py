@@ -219,7 +219,9 @@ def measure(workdir: Path, workers: int, args: argparse.Namespace, processes: li
             generator.send("go")
         reports = [json.loads(generator.line(args.duration + LINE_TIMEOUT)) for generator in generators]
         server.refresh_pids()
-        cpu = relay.cpu_between(cpu_before, server.cpu_by_pid())
+        cpu_after = server.cpu_by_pid()
+        cpu = relay.cpu_between(cpu_before, cpu_after)
+        by_process = [cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in server.pids if cpu_after[pid]]
         busy_after = machine_busy()
         for generator in generators:
             generator.stop()
@@ -234,7 +236,8 @@ def measure(workdir: Path, workers: int, args: argparse.Namespace, processes: li
             "cpu_us": cpu / max(ok, 1) * 1e6, "server_cores": cpu / seconds,
             "load_cores": sum(r["cpu"] for r in reports) / seconds, "machine_cores": busy,
             "median_ms": sorted(r["median_upgrade_ms"] for r in reports)[len(reports) // 2],
-            "processes": processes_count, "spread": spread}
+            "processes": processes_count, "spread": spread,
+            "by_process": [value / seconds for value in by_process]}
 
 
 def established_inodes(port: int) -> set[int]:
@@ -303,6 +306,9 @@ def print_row(row: dict) -> None:
           f"{'es' if row['processes'] > 1 else ''}, generators {row['load_cores']:4.2f}, whole machine "
           f"{row['machine_cores']:4.2f} of {os.cpu_count()})  median connect+upgrade {row['median_ms']:.2f} ms"
           + (f"  {row['failed']} FAILED" if row["failed"] else ""))
+    if len(row["by_process"]) > 1:
+        print(f"  {'':<17} cores by process (master first): "
+              + ", ".join(f"{value:4.2f}" for value in row["by_process"]))
 
 
 def main(argv: list[str]) -> int:
