@@ -247,6 +247,8 @@ class Rig:
             self.clients.append((proto, transport, proto.record.id))
         self.tokens = self.root.relay.tokens
         self.cpu = 0.0
+        #: cProfile.Profile enabled only inside sipws (--profile).
+        self.profiler: Any = None
         self.gc_pauses: list[tuple[int, float]] = []
         self._gc_start = 0.0
         self.seq = itertools.count(1)
@@ -255,21 +257,24 @@ class Rig:
 
     def from_client(self, client: int, data: bytes) -> None:
         proto = self.clients[client][0]
-        frame = ws_frame(data)
-        t = time.process_time()
-        proto.dataReceived(frame)
-        self.cpu += time.process_time() - t
+        self.timed(proto.dataReceived, ws_frame(data))
 
     def from_core(self, data: bytes) -> None:
         self.core.sendto(data, self.sip_addr)
-        t = time.process_time()
-        self.udp.doRead()
-        self.cpu += time.process_time() - t
+        self.timed(self.udp.doRead)
 
     def advance(self, seconds: float) -> None:
+        self.timed(self.clock.advance, seconds)
+
+    def timed(self, f: Callable, *args: Any) -> None:
+        profiler = self.profiler
+        if profiler is not None:
+            profiler.enable()
         t = time.process_time()
-        self.clock.advance(seconds)
+        f(*args)
         self.cpu += time.process_time() - t
+        if profiler is not None:
+            profiler.disable()
 
     # -- what sipws sent -------------------------------------------------------------
 
@@ -433,8 +438,7 @@ def measure(options: int, calls: int, profile: str | None = None) -> dict[str, A
     if profile:
         import cProfile
 
-        profiler = cProfile.Profile()
-        profiler.enable()
+        profiler = rig.profiler = cProfile.Profile()
     gc.callbacks.append(rig.gc_callback)
     result: dict[str, Any] = {}
     result["options_ws_to_core_us"] = phase(rig, options, OPTIONS_RATE, rig.options_from_ws) / options * 1e6
@@ -445,7 +449,7 @@ def measure(options: int, calls: int, profile: str | None = None) -> dict[str, A
     result["call_core_to_ws_us"] = phase(rig, calls, CALL_RATE, rig.call_from_core) / calls * 1e6
     gc.callbacks.remove(rig.gc_callback)
     if profiler is not None:
-        profiler.disable()
+        rig.profiler = None
         profiler.dump_stats(profile)
     full = [p for g, p in rig.gc_pauses if g == 2]
     result["calls_gc_full_collections"] = len(full)

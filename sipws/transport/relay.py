@@ -51,7 +51,8 @@ MAX_FAILED_ADDRESSES = 1024
 KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
     for direction in ("in", "out") for transport in ("udp", "tcp", "tls", "ws", "wss")
-) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors")
+) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors",
+   "sip.udp_drops")
 
 
 #: The loopback TCP socket the edge opens for the standalone core when [sip] listen has no tcp: entry.
@@ -117,7 +118,8 @@ class Relay(Service):
         reactor = self.reactor
         try:
             if transport == "udp":
-                protocol, listening = listen_udp(reactor, host, port, self._received, self._unreachable)
+                protocol, listening = listen_udp(reactor, host, port, self._received, self._unreachable,
+                                                 self.config.sip.udp_buffer_size, self._udp_drops)
                 self.udp.append(protocol)
             elif transport == "tcp":
                 listening = reactor.listenTCP(port, self.pool.factory("tcp"), backlog=LISTEN_BACKLOG,
@@ -192,6 +194,10 @@ class Relay(Service):
             more = f"; {held_back} more since the last report" if held_back else ""
             log.warn("udp {host}:{port}: {reason}: its request is answered 503 at once{more}",
                      host=destination[0], port=destination[1], reason=reason, more=more)
+
+    def _udp_drops(self, count: int) -> None:
+        """The kernel dropped ``count`` datagrams on a full receive buffer of ours."""
+        self.counters.incr("sip.udp_drops", count)
 
     def _connection_closed(self, record: ConnectionRecord) -> None:
         if self.proxy is not None and record.role == SERVER:
