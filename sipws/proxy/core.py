@@ -15,7 +15,6 @@ RFCs' terms and what the SIP core must support.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import Counter
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from sipws.proxy.errors import BadFlowToken, ProxyError
 from sipws.proxy.flows import FlowTokens
 from sipws.proxy.hop_failures import HopReportLimiter, sent_request_key, silent_hop_line
 from sipws.proxy.targets import (
-    WS_TRANSPORTS, LocalAddresses, NoRoute, Target, is_invalid_host, target_for_upstream,
-    target_for_uri,
+    WS_TRANSPORTS, Address, LocalAddresses, NoRoute, Target, is_invalid_host,
+    target_for_upstream, target_for_uri,
 )
 from sipws.proxy.transaction import (
     CALLING, MAGIC_COOKIE, ClientTransaction, Clock, ServerTransaction,
@@ -41,6 +40,7 @@ from sipws.sip import (
     Limits, Request, Response, SipError, SipParseError, is_keepalive, make_response,
     parse,
 )
+from sipws.sip.headers import Via, parse_name_addr
 
 log = Logger(namespace="sipws.proxy.core")
 
@@ -65,6 +65,13 @@ MAX_REASON = 100
 MAX_TRANSACTIONS = 200_000
 #: Log one line per this many requests refused for overload.
 OVERLOAD_LOG_EVERY = 1000
+#: Distinct Route values whose meaning (ours? which flow token? which next hop?)
+#: is remembered: a dialog's route set repeats on every in-dialog request.
+ROUTE_CACHE_SIZE = 4096
+#: Distinct SIP-side sources whose Inbound is kept (the core is a few addresses).
+INBOUND_CACHE_SIZE = 1024
+#: Marks one of our branches in a Via (loop detection looks only at those).
+OUR_BRANCH = "z9hG4bK" + BRANCH_MARK
 #: Header fields copied from a malformed request into our error response.
 _ERROR_COPY = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
                "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
@@ -90,6 +97,7 @@ class Flow:
     transport: str  # ws or wss
     source: tuple[str, int]
     token: str  # its flow token, computed once
+    inbound: Optional["Inbound"] = None  # where its messages come from, built once
 
 
 @dataclass(frozen=True)
@@ -111,18 +119,25 @@ class Inbound:
 
 
 class _Context:
-    """One proxied request: its server transaction and its client transaction."""
+    """One proxied request: its server transaction and its client transaction.
 
-    __slots__ = ("server", "client", "cancel", "out_flow", "send", "error_status", "next_hop",
-                 "alias_to", "restore_contacts")
+    Also the client transaction's sender (``ctx(data)`` sends toward the flow
+    or the SIP-side target) and its user (``on_response`` ...): one object
+    per relayed request instead of a closure, a late-binding shim and a user.
+    """
 
-    def __init__(self, server: ServerTransaction) -> None:
+    __slots__ = ("proxy", "server", "client", "cancel", "out_flow", "target", "error_status",
+                 "next_hop", "alias_to", "restore_contacts")
+
+    def __init__(self, proxy: "EdgeProxy", server: ServerTransaction) -> None:
+        self.proxy = proxy
         self.server = server
         self.client: Optional[ClientTransaction] = None
         #: CANCEL toward the callee: none, pending (no provisional yet), sent.
         self.cancel = CANCEL_NONE
         self.out_flow: Optional[int] = None
-        self.send: Optional[Callable[[ClientTransaction], Callable[[bytes], None]]] = None
+        #: The SIP-side Target (None toward a flow).
+        self.target: Optional[Target] = None
         self.error_status = 503
         #: The SIP-side next hop, for the "does not answer" warning (None toward a flow).
         self.next_hop: Optional[str] = None
@@ -131,6 +146,57 @@ class _Context:
         #: Alias mode: a client's REGISTER, whose 2xx gets its Contacts back.
         self.restore_contacts = False
 
+    def __call__(self, data: bytes) -> None:
+        """Send for the client transaction (its ``send``)."""
+        proxy = self.proxy
+        conn_id = self.out_flow
+        if conn_id is not None:
+            if conn_id not in proxy.flows or not proxy.output.send_to_flow(conn_id, data):
+                proxy.flows.pop(conn_id, None)
+                assert self.client is not None
+                self.client.transport_error("connection gone")
+        else:
+            assert self.client is not None and self.target is not None
+            proxy.output.send_to_target(self.target, data, self.client.transport_error)
+
+    # -- the client transaction's results (ClientUser) → the server transaction
+
+    def on_response(self, txn: ClientTransaction, response: Response) -> None:
+        self.proxy._relay_response(self, response)
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        self.proxy._next_hop_silent(self)
+        self.proxy._client_failed(self, 408, "timeout")
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
+        self.proxy._client_failed(self, self.error_status, f"transport error: {reason}")
+
+
+class _ToFlow:
+    """A server transaction's sender toward the flow its request came from."""
+
+    __slots__ = ("proxy", "conn_id")
+
+    def __init__(self, proxy: "EdgeProxy", conn_id: int) -> None:
+        self.proxy = proxy
+        self.conn_id = conn_id
+
+    def __call__(self, data: bytes) -> None:
+        if not self.proxy.output.send_to_flow(self.conn_id, data):
+            self.proxy.counters["response_to_gone_flow"] += 1
+
+
+class _ToTarget:
+    """A server transaction's sender toward a SIP-side address (RFC 3261 §18.2.2)."""
+
+    __slots__ = ("output", "target")
+
+    def __init__(self, output: ProxyOutput, target: Target) -> None:
+        self.output = output
+        self.target = target
+
+    def __call__(self, data: bytes) -> None:
+        self.output.send_to_target(self.target, data, None)
 
 class _Reject(ProxyError):
     """Answer the request with this status (internal control flow)."""
@@ -171,22 +237,33 @@ class EdgeProxy:
         self.aliases = ContactAliases(tokens, self.local)
         self.alias_mode = getattr(sip_config, "contact_mode", "path") == "alias"
         self._last_loop: Optional[tuple[Request, str]] = None
+        #: Route value -> (ours, its user part if ours, next hop or the NoRoute args).
+        self._routes: dict[str, tuple] = {}
+        #: (transport, source) -> Inbound, for the SIP side.
+        self._inbound: dict[tuple[str, tuple[str, int]], Inbound] = {}
 
     # ================================================================ inputs
 
     def receive_from_flow(self, conn_id: int, data: bytes, source: tuple[str, int],
                           transport: str = "ws") -> None:
         """One WebSocket message from connection ``conn_id`` (a SIP client)."""
-        if conn_id not in self.flows:
-            self.flows[conn_id] = Flow(conn_id, transport, source, self.tokens.make(conn_id))
-        inbound = Inbound(conn_id, transport, source)
-        self._receive(data, inbound)
+        flow = self.flows.get(conn_id)
+        if flow is None or flow.source != source or flow.transport != transport:
+            flow = self.flows[conn_id] = Flow(conn_id, transport, source, self.tokens.make(conn_id),
+                                             Inbound(conn_id, transport, source))
+        self._receive(data, flow.inbound)
 
     def receive_from_sip(self, data: bytes, source: tuple[str, int], transport: str) -> None:
         """One SIP message from the core side (a UDP datagram, a framed TCP/TLS
         message, or a message on a WebSocket connection sipws dialled to a
         ws:// upstream, with transport ws/wss)."""
-        self._receive(data, Inbound(None, transport.lower(), source))
+        key = (transport, source)
+        inbound = self._inbound.get(key)
+        if inbound is None:
+            if len(self._inbound) >= INBOUND_CACHE_SIZE:
+                self._inbound.clear()
+            inbound = self._inbound[key] = Inbound(None, transport.lower(), source)
+        self._receive(data, inbound)
 
     def unreachable(self, quoted: bytes, reason: str) -> bool:
         """An ICMP error quoting the head of a request we sent: fail that transaction now.
@@ -224,14 +301,21 @@ class EdgeProxy:
     def _track(self, txn: ClientTransaction, conn_id: int) -> None:
         """Index client transactions by the flow they go to (for flow_closed)."""
         self._toward_flow.setdefault(conn_id, set()).add(txn)
+        txn.on_terminated = self._untrack
 
-        def untrack(done: ClientTransaction) -> None:
-            waiting = self._toward_flow.get(conn_id)
-            if waiting is not None:
-                waiting.discard(done)
-                if not waiting:
-                    del self._toward_flow[conn_id]
-        txn.on_terminated = untrack
+    def _untrack(self, done: ClientTransaction) -> None:
+        ctx = done.context
+        conn_id = ctx.out_flow if ctx is not None else None
+        waiting = self._toward_flow.get(conn_id) if conn_id is not None else None
+        if waiting is None:  # context already dropped: look the transaction up
+            for conn_id, waiting in self._toward_flow.items():
+                if done in waiting:
+                    break
+            else:
+                return
+        waiting.discard(done)
+        if not waiting:
+            del self._toward_flow[conn_id]
 
     # ============================================================ dispatching
 
@@ -315,10 +399,12 @@ class EdgeProxy:
             if req.method == "OPTIONS" and self._is_for_me(req):
                 raise _Reject(200)
             raise _Reject(483)
-        if len(req.vias) >= self.limits.max_vias:
+        if req.via_count >= self.limits.max_vias:
             # With our Via it would carry max_vias + 1: the answer (every Via comes back
             # in it) would be refused by our own parser, and the sender left to time out.
             raise _Reject(483)
+        if not req.header_contains("via", OUR_BRANCH):
+            return  # none of our branches: no loop, and no Via needs parsing
         loop = self._loop_part(req)
         for via in req.vias:
             branch = via.branch or ""
@@ -362,7 +448,7 @@ class EdgeProxy:
         host, port = inbound.source
         out.set_top_via_received(host, port)
         out.decrement_max_forwards()
-        out.push_via(self._via(req, addr.transport, addr.host_port, inbound, token))
+        out.push_via(self._via(req, addr.transport, addr, inbound, token))
         core_transport = "ws" if target.is_ws else target.transport
         if req.method in DIALOG_METHODS:
             # RFC 7118 §8.2: the ws-side entry below, the core-facing one on top.
@@ -381,13 +467,32 @@ class EdgeProxy:
             restore = req.method == "REGISTER"
         self._start_client(server, out, target, inbound, out_flow=None, restore_contacts=restore)
 
-    def _next_hop_from_flow(self, out: Request) -> Target:
-        routes = out.routes
-        if routes:
-            uri = routes[0].uri
+    def _route(self, value: str) -> tuple:
+        """What a Route value means to us, parsed once per distinct value:
+        (ours, user part when ours, Target or None, NoRoute args or None)."""
+        facts = self._routes.get(value)
+        if facts is None:
+            uri = parse_name_addr(value, self.limits).uri
             if uri is None:
-                raise NoRoute("Route is not a SIP URI", 416)
-            target = target_for_uri(uri)
+                facts = (False, None, None, ("Route is not a SIP URI", 416))
+            else:
+                mine = self.local.is_mine(uri)
+                try:
+                    target, problem = target_for_uri(uri), None
+                except NoRoute as exc:
+                    target, problem = None, (exc.reason, exc.status)
+                facts = (mine, uri.user if mine else None, target, problem)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[value] = facts
+        return facts
+
+    def _next_hop_from_flow(self, out: Request) -> Target:
+        first = out.get("route")
+        if first is not None:
+            _, _, target, problem = self._route(first)
+            if target is None:
+                raise NoRoute(*problem)
         else:
             target = self.upstream
         if not target.dialable:
@@ -423,10 +528,12 @@ class EdgeProxy:
         """The client role (issue 5): a SIP-side request without flow token whose
         next hop is a ``transport=ws`` URI (Route, else Request-URI), or, when
         ``[sip] upstream`` is a ws:// URL, any such request from a non-ws leg."""
-        routes = out.routes
+        first = out.get("route")
+        routes = first is not None
         if routes:
-            uri = routes[0].uri
-            target = target_for_uri(uri) if uri is not None else None
+            _, _, target, problem = self._route(first)
+            if problem is not None and problem[1] != 416:
+                raise NoRoute(*problem)
         elif not ruri_mine:
             target = target_for_uri(out.request_uri)
         else:
@@ -443,7 +550,7 @@ class EdgeProxy:
         self._set_received(out, inbound)
         out.decrement_max_forwards()
         addr = self.local.address_for("ws")
-        out.push_via(self._via(req, target.transport, addr.host_port, inbound, None))
+        out.push_via(self._via(req, target.transport, addr, inbound, None))
         if req.method in DIALOG_METHODS:
             # Double Record-Route: the core-facing entry below, the ws-facing one on top.
             out.push_record_route(f"<sip:{addr.host_port};transport={inbound.transport};lr>")
@@ -487,7 +594,7 @@ class EdgeProxy:
         out.decrement_max_forwards()
         addr = self.local.address_for(leg_transport if leg_transport not in WS_TRANSPORTS
                                       else "ws")
-        out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
+        out.push_via(self._via(req, flow.transport, addr, inbound, None))
         if req.method in DIALOG_METHODS:
             out.push_record_route(f"<sip:{addr.host_port};transport={leg_transport};lr>")
             out.push_record_route(f"<sip:{token}@{addr.host_port};transport=ws;lr>")
@@ -506,12 +613,14 @@ class EdgeProxy:
         the user parts (flow tokens) found in them, in order."""
         users: list[str] = []
         while True:
-            routes = out.routes
-            if not routes or routes[0].uri is None or not self.local.is_mine(routes[0].uri):
+            first = out.get("route")
+            if first is None:
                 return users
-            uri = routes[0].uri
-            if uri.user:
-                users.append(uri.user)
+            mine, user, _, _ = self._route(first)
+            if not mine:
+                return users
+            if user:
+                users.append(user)
             out.pop_route()
 
     def _hairpin_token(self, users: list[str], conn_id: int) -> Optional[str]:
@@ -526,34 +635,37 @@ class EdgeProxy:
 
     def _set_received(self, out: Request, inbound: Inbound) -> None:
         """received / rport on the sender's Via (RFC 3261 §18.2.1, RFC 3581)."""
-        via = out.vias[0]
+        via = out.top_via
         host, port = inbound.source
         received = host if via.host != host.lower() else None
         rport = port if via.rport is not None else None
         if received is not None or rport is not None:
             out.set_top_via_received(received, rport)
 
-    def _via(self, req: Request, transport: str, host_port: str, inbound: Inbound,
-             token: Optional[str]) -> str:
-        flow = f";{FLOW_VIA_PARAM}={token}" if token else ""
-        return f"SIP/2.0/{transport.upper()} {host_port};branch={self._branch(req, inbound)}{flow}"
+    def _via(self, req: Request, transport: str, addr: Address, inbound: Inbound,
+             token: Optional[str]) -> Via:
+        """Our Via, as an object: pushed, it is the message's parsed top Via
+        (the client transaction reads its branch without parsing it back)."""
+        params: dict[str, Optional[str]] = {"branch": self._branch(req, inbound)}
+        if token:
+            params[FLOW_VIA_PARAM] = token
+        return Via(transport, addr.host, addr.port, params)
 
     def _start_client(self, server: ServerTransaction, out: Request, target: Optional[Target],
                       inbound: Inbound, out_flow: Optional[int],
                       alias_to: Optional[AliasAddress] = None,
                       restore_contacts: bool = False) -> None:
-        ctx = _Context(server)
+        ctx = _Context(self, server)
         server.context = ctx
         ctx.out_flow = out_flow
         ctx.alias_to = alias_to
         ctx.restore_contacts = restore_contacts
         if out_flow is not None:
             ctx.error_status = 430
-            ctx.send = lambda txn: self._flow_sender(out_flow, txn)
             reliable = True
         else:
             assert target is not None
-            ctx.send = lambda txn: self._target_sender(target, txn)
+            ctx.target = target
             ctx.next_hop = f"upstream {self.upstream_uri}" if target is self.upstream else str(target)
             reliable = target.reliable
         self.counters["relayed_requests"] += 1
@@ -562,37 +674,16 @@ class EdgeProxy:
             self._track(ctx.client, out_flow)
 
     def _new_client(self, ctx: _Context, out: Request, reliable: bool) -> ClientTransaction:
-        return _make_client(self.table, out, _LateSend(), reliable, _ContextUser(self, ctx), ctx)
-
-    def _flow_sender(self, conn_id: int, txn: ClientTransaction) -> Callable[[bytes], None]:
-        def send(data: bytes) -> None:
-            if conn_id not in self.flows or not self.output.send_to_flow(conn_id, data):
-                self.flows.pop(conn_id, None)
-                txn.transport_error("connection gone")
-        return send
-
-    def _target_sender(self, target: Target, txn: ClientTransaction) -> Callable[[bytes], None]:
-        def send(data: bytes) -> None:
-            self.output.send_to_target(target, data, txn.transport_error)
-        return send
+        return _make_client(self.table, out, reliable, ctx, ctx)
 
     def _response_sender(self, req: Request, inbound: Inbound) -> Callable[[bytes], None]:
         """Where the server transaction's responses go (RFC 3261 §18.2.2)."""
         if inbound.conn_id is not None:
-            conn_id = inbound.conn_id
-
-            def to_flow(data: bytes) -> None:
-                if not self.output.send_to_flow(conn_id, data):
-                    self.counters["response_to_gone_flow"] += 1
-            return to_flow
-        target = self._response_target(req, inbound)
-
-        def to_target(data: bytes) -> None:
-            self.output.send_to_target(target, data, None)
-        return to_target
+            return _ToFlow(self, inbound.conn_id)
+        return _ToTarget(self.output, self._response_target(req, inbound))
 
     def _response_target(self, req: Request, inbound: Inbound) -> Target:
-        via = req.vias[0]
+        via = req.top_via
         host, port = inbound.source
         if inbound.reliable or via.rport is not None:
             return Target("sip", host, port, inbound.transport)
@@ -638,11 +729,10 @@ class EdgeProxy:
             return
         ctx.cancel = CANCEL_SENT
         cancel = build_cancel(client.request)
-        cancel_ctx = _Context(ctx.server)
-        cancel_ctx.send = ctx.send
+        cancel_ctx = _Context(self, ctx.server)
+        cancel_ctx.target = ctx.target
         cancel_ctx.out_flow = ctx.out_flow  # its answer must come from there
-        _make_client(self.table, cancel, _LateSend(), client.reliable,
-                     _CancelUser(), cancel_ctx)
+        _make_client(self.table, cancel, client.reliable, cancel_ctx, _CANCEL_USER)
         self.counters["cancels_sent"] += 1
 
     # ------------------------------------------------------------------ ACK
@@ -666,7 +756,7 @@ class EdgeProxy:
                     host, port = inbound.source
                     out.set_top_via_received(host, port)
                     out.decrement_max_forwards()
-                    out.push_via(self._via(req, addr.transport, addr.host_port, inbound, own))
+                    out.push_via(self._via(req, addr.transport, addr, inbound, own))
                     self.output.send_to_target(target, bytes(out), None)
             else:
                 token = users[0] if users else self._restore_alias(out, inbound)
@@ -684,7 +774,7 @@ class EdgeProxy:
                     self._set_received(out, inbound)
                 out.decrement_max_forwards()
                 addr = self.local.address_for("ws")
-                out.push_via(self._via(req, flow.transport, addr.host_port, inbound, None))
+                out.push_via(self._via(req, flow.transport, addr, inbound, None))
                 self.output.send_to_flow(flow.conn_id, bytes(out))
             self.counters["acks_relayed"] += 1
         except (_Reject, NoRoute) as exc:
@@ -694,7 +784,7 @@ class EdgeProxy:
     # ============================================================ responses
 
     def _on_response(self, resp: Response, inbound: Inbound) -> None:
-        via = resp.vias[0]
+        via = resp.top_via
         branch = via.branch or ""
         if not (branch.startswith(MAGIC_COOKIE + BRANCH_MARK)
                 and self.local.is_my_sent_by(via.host, via.port, via.transport)):
@@ -792,8 +882,8 @@ class EdgeProxy:
     # ================================================================ hashes
 
     def _digest(self, *parts: object) -> str:
-        text = "\x00".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
-        return hmac.new(self._hash_key, text, hashlib.sha256).hexdigest()
+        text = "\x00".join([str(p) for p in parts]).encode("utf-8", "surrogatepass")
+        return hmac.digest(self._hash_key, text, "sha256").hex()  # one C call
 
     def _loop_part(self, req: Request) -> str:
         # RFC 3261 §16.6 step 8: what a spiral changes (Request-URI, Route) is in.
@@ -809,7 +899,7 @@ class EdgeProxy:
 
     def _branch(self, req: Request, inbound: Inbound) -> str:
         """Deterministic: a retransmission or a CANCEL maps to the same branch."""
-        via = req.vias[0]
+        via = req.top_via
         leg = inbound.conn_id if inbound.conn_id is not None else (
             inbound.transport, *inbound.source)
         tx = self._digest("tx", via.branch, via.sent_by.lower(), leg,
@@ -819,56 +909,24 @@ class EdgeProxy:
         return f"{MAGIC_COOKIE}{BRANCH_MARK}{tx}.{self._loop_part(req)}"
 
     def _to_tag(self, req: Request) -> str:
-        return self._digest("tag", req.vias[0].branch, req.call_id)[:TO_TAG_HEX]
+        return self._digest("tag", req.top_via.branch, req.call_id)[:TO_TAG_HEX]
 
 
 # ------------------------------------------------------------- helpers
 
 
-class _LateSend:
-    """A send callable bound once the transaction exists (it needs the txn)."""
-
-    __slots__ = ("target",)
-
-    def __init__(self) -> None:
-        self.target: Optional[Callable[[bytes], None]] = None
-
-    def __call__(self, data: bytes) -> None:
-        assert self.target is not None
-        self.target(data)
-
-
-def _make_client(table: TransactionTable, out: Request, late: _LateSend, reliable: bool,
-                 user, ctx: _Context) -> ClientTransaction:
-    txn = ClientTransaction(table, out, late, reliable, user)
+def _make_client(table: TransactionTable, out: Request, reliable: bool, ctx: _Context,
+                 user) -> ClientTransaction:
+    """Create and start the client transaction of ``ctx`` (which sends for it)."""
+    table._release_ended()
+    txn = ClientTransaction(table, out, ctx, reliable, user)
     txn.context = ctx
-    assert ctx.send is not None
-    late.target = ctx.send(txn)
+    ctx.client = txn
     if txn.key in table.clients:
         raise NoRoute("duplicate branch", 500)
     table.clients[txn.key] = txn
     txn._start()
     return txn
-
-
-class _ContextUser:
-    """Client transaction results → the server transaction of the same context."""
-
-    __slots__ = ("proxy", "ctx")
-
-    def __init__(self, proxy: EdgeProxy, ctx: _Context) -> None:
-        self.proxy = proxy
-        self.ctx = ctx
-
-    def on_response(self, txn: ClientTransaction, response: Response) -> None:
-        self.proxy._relay_response(self.ctx, response)
-
-    def on_timeout(self, txn: ClientTransaction) -> None:
-        self.proxy._next_hop_silent(self.ctx)
-        self.proxy._client_failed(self.ctx, 408, "timeout")
-
-    def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
-        self.proxy._client_failed(self.ctx, self.ctx.error_status, f"transport error: {reason}")
 
 
 class _CancelUser:
@@ -882,6 +940,9 @@ class _CancelUser:
 
     def on_transport_error(self, txn: ClientTransaction, reason: str) -> None:
         log.info("CANCEL not sent: {reason}", reason=reason)
+
+
+_CANCEL_USER = _CancelUser()
 
 
 def _uses_outbound(req: Request) -> bool:

@@ -106,14 +106,14 @@ def _discard(data: bytes) -> None:
 
 def _rfc2543_key(msg, method: str) -> tuple:
     """Matching for requests without a magic-cookie branch (RFC 3261 §17.2.3 end)."""
-    via = msg.vias[0]
+    via = msg.top_via
     return ("2543", msg.call_id, msg.from_.tag, msg.cseq[0], via.sent_by.lower(),
             via.branch or "", method)
 
 
 def server_key(request: Request, method: Optional[str] = None) -> tuple:
     """§17.2.3: branch + sent-by + method (ACK counts as INVITE)."""
-    via = request.vias[0]  # parsed once per message (cached), unlike top_via
+    via = request.top_via  # the only Via parsed (cached on the message)
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
@@ -209,7 +209,7 @@ class TransactionTable:
         return self.servers.get(server_key(request, "INVITE"))
 
     def find_client(self, response: Response) -> Optional["ClientTransaction"]:
-        via = response.vias[0]
+        via = response.top_via
         if not via.branch:
             return None
         return self.clients.get(client_key(via.branch, response.cseq[1]))

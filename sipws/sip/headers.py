@@ -450,9 +450,11 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
             raise SipParseError("URI with ',' or '?' must be in <>")
     if not raw_uri:
         raise SipParseError("empty URI")
-    scheme = check_absolute_uri(raw_uri, limits)
-    if scheme == "sip" or scheme == "sips":
-        na._uri = parse_uri(raw_uri, limits)
+    head = raw_uri[:5].lower()
+    if head.startswith("sip:") or head == "sips:":
+        na._uri = parse_uri(raw_uri, limits)  # validates it too: parsed once
+    else:
+        check_absolute_uri(raw_uri, limits)
     na.raw_uri = raw_uri
     if rest:
         if rest[0] != ";":

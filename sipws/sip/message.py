@@ -130,7 +130,7 @@ class Message:
     """Common part of Request and Response."""
 
     __slots__ = ("_start", "_keys", "_fields", "_body", "_raw", "_limits",
-                 "_vias", "__weakref__")
+                 "_vias", "_top", "_nvias", "__weakref__")
 
     is_request: bool = False
 
@@ -182,16 +182,38 @@ class Message:
     def vias(self) -> list[Via]:
         if self._vias is None:
             self._vias = [parse_via(v) for v in self.get_all("via")]
+            self._nvias = len(self._vias)
+            if self._vias:
+                self._top = self._vias[0]
         return self._vias
 
     @property
     def top_via(self) -> Optional[Via]:
+        """The first Via, parsed once per message (the others are not parsed)."""
+        top = self._top
+        if top is not None:
+            return top
+        if self._vias is not None:
+            return self._vias[0] if self._vias else None
         i = self._index("via")
         if i < 0:
             return None
-        if self._vias is not None:
-            return self._vias[0]
-        return parse_via(self._first_value(i)[0])
+        top = self._top = parse_via(self._first_value(i)[0])
+        return top
+
+    @property
+    def via_count(self) -> int:
+        """How many Via values (parse() counted them; nothing is parsed again)."""
+        n = self._nvias
+        if n is None:
+            n = self._nvias = len(self.get_all("via"))
+        return n
+
+    def header_contains(self, name: str, text: str) -> bool:
+        """Does any field of this name contain ``text`` as written (a cheap
+        pre-check before parsing values)?"""
+        key = header_key(name)
+        return any(k == key and text in f for k, f in zip(self._keys, self._fields))
 
     def _name_addrs(self, name: str, allow_star: bool = False) -> list[NameAddr]:
         return [parse_name_addr(v, self._limits, allow_star) for v in self.get_all(name)]
@@ -285,6 +307,8 @@ class Message:
     def _touch(self) -> None:
         self._raw = None
         self._vias = None
+        self._top = None
+        self._nvias = None
 
     def _first_value(self, i: int) -> tuple[str, Optional[str]]:
         """(first value, field with that value removed or None if it was the only one)."""
@@ -311,7 +335,10 @@ class Message:
         keys.insert(i, key)
         self._fields.insert(i, f"{name}: {value}")
         self._raw = None
-        self._vias = None
+        if key == "via":
+            self._vias = None
+            self._top = None
+            self._nvias = None
 
     def _pop_first(self, key: str) -> str:
         try:
@@ -328,8 +355,13 @@ class Message:
         return value
 
     def push_via(self, value: Union[str, Via]) -> None:
-        """Insert a Via value on top."""
+        """Insert a Via value on top (a Via object becomes the cached top Via)."""
+        nvias = self._nvias
         self._insert_field("via", "Via", str(value), True)
+        if nvias is not None:
+            self._nvias = nvias + 1
+        if isinstance(value, Via):
+            self._top = value
 
     def pop_via(self) -> str:
         """Remove and return the top Via value."""
@@ -372,6 +404,7 @@ class Message:
         self._fields[i] = ";".join(parts) + tail
         self._raw = None
         self._vias = None
+        self._top = None  # the count stays
 
     def push_record_route(self, value: str) -> None:
         self._insert_field("record-route", "Record-Route", str(value), True)
@@ -485,7 +518,10 @@ class Message:
         new._body = self._body
         new._raw = self._raw
         new._limits = self._limits
-        new._vias = None
+        # Same fields: the parsed Vias (never changed in place) are shared.
+        new._vias = self._vias
+        new._top = self._top
+        new._nvias = self._nvias
         new._init_start_copy(self)
         return new
 
@@ -704,6 +740,8 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     msg._raw = data
     msg._limits = limits
     msg._vias = None
+    msg._top = None
+    msg._nvias = nvias
     return msg
 
 
@@ -823,5 +861,8 @@ def make_response(request: Request, status: int, reason: Optional[str] = None,
     resp._body = b""
     resp._raw = None
     resp._limits = request._limits
-    resp._vias = None
+    # The same Via fields as the request's: its parsed Vias serve.
+    resp._vias = request._vias
+    resp._top = request._top
+    resp._nvias = request._nvias
     return resp
