@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet.testing import StringTransport
 
 from tests.integration.conftest import port_of
@@ -46,4 +48,4 @@ def test_fast_and_general_paths_take_turns(sipws_factory):
     proto.dataReceived(masked(b"\xff", 0x81))     # invalid UTF-8: Autobahn closes 1007
     assert transport.value()[:1] == b"\x88" and transport.value()[2:4] == b"\x03\xef"  # Close 1007
     transport.loseConnection()
-    proto.connectionLost(None)
+    proto.connectionLost(Failure(ConnectionDone()))
