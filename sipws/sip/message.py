@@ -90,6 +90,22 @@ _CHECKED = {
     "content-length": _K_CONTENT_LENGTH,
 }
 
+#: Distinct header values remembered as valid, per kind and per Limits: a
+#: dialog repeats its From, To, Call-ID, Contact and route set in every
+#: message, so each distinct text is checked once, not once per message.
+VALID_CACHE_SIZE = 8192
+_VALID: dict[Limits, tuple[set[str], ...]] = {}
+
+
+def _valid_sets(limits: Limits) -> tuple[set[str], ...]:
+    sets = _VALID.get(limits)
+    if sets is None:
+        if len(_VALID) >= 16:  # a handful of Limits per process; bounded anyway
+            _VALID.clear()
+        sets = _VALID[limits] = tuple(set() for _ in range(_K_CONTENT_LENGTH + 1))
+    return sets
+
+
 REASON_PHRASES = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
@@ -681,6 +697,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     checked_get = _CHECKED.get
     # A value no longer than the URI limit cannot hold a URI over it.
     fast_max = min(FAST_PATH_MAX, limits.max_uri_length)
+    valid = _valid_sets(limits)
     for key, field, name in zip(keys, fields, names):
         kind = checked_get(key)
         if kind is None:
@@ -688,6 +705,18 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
         value = field[len(name) + 1:].strip(_WS)
         if folded and "\r\n" in value:
             value = _FOLD_RE.sub(" ", value).strip(_WS)
+        seen = valid[kind]
+        if value in seen:  # checked before (never a list: those are not remembered)
+            if kind == _K_VIA:
+                nvias += 1
+            elif kind == _K_CSEQ:
+                cseq_method = value.split(None, 1)[1].strip(_WS)
+            elif kind == _K_CONTENT_LENGTH:
+                n = int(value)
+                if length >= 0 and n != length:
+                    raise SipParseError("conflicting Content-Length values")
+                length = n
+            continue
         if kind == _K_VIA:
             if "," in value or len(value) > FAST_PATH_MAX or "rport=" in value or \
                     FAST_VIA.fullmatch(value) is None:
@@ -717,6 +746,10 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
             if length >= 0 and n != length:
                 raise SipParseError("conflicting Content-Length values")
             length = n
+        if "," not in value:
+            if len(seen) >= VALID_CACHE_SIZE:
+                seen.clear()
+            seen.add(value)
     if nvias > limits.max_vias:
         raise SipParseError("too many Via values")
     for key in _SINGLE:
