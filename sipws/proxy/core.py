@@ -98,6 +98,7 @@ class Flow:
     source: tuple[str, int]
     token: str  # its flow token, computed once
     inbound: Optional["Inbound"] = None  # where its messages come from, built once
+    responder: Optional["_ToFlow"] = None  # its server transactions' sender, built once
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,8 @@ class EdgeProxy:
         self._routes: dict[str, tuple] = {}
         #: (transport, source) -> Inbound, for the SIP side.
         self._inbound: dict[tuple[str, tuple[str, int]], Inbound] = {}
+        #: SIP-side response address -> the sender its server transactions share.
+        self._responders: dict[Target, _ToTarget] = {}
 
     # ================================================================ inputs
 
@@ -677,10 +680,22 @@ class EdgeProxy:
         return _make_client(self.table, out, reliable, ctx, ctx)
 
     def _response_sender(self, req: Request, inbound: Inbound) -> Callable[[bytes], None]:
-        """Where the server transaction's responses go (RFC 3261 §18.2.2)."""
+        """Where the server transaction's responses go (RFC 3261 §18.2.2); one
+        sender per flow and per SIP-side address, shared by its transactions."""
         if inbound.conn_id is not None:
-            return _ToFlow(self, inbound.conn_id)
-        return _ToTarget(self.output, self._response_target(req, inbound))
+            flow = self.flows.get(inbound.conn_id)
+            if flow is None:
+                return _ToFlow(self, inbound.conn_id)
+            if flow.responder is None:
+                flow.responder = _ToFlow(self, inbound.conn_id)
+            return flow.responder
+        target = self._response_target(req, inbound)
+        sender = self._responders.get(target)
+        if sender is None:
+            if len(self._responders) >= INBOUND_CACHE_SIZE:
+                self._responders.clear()
+            sender = self._responders[target] = _ToTarget(self.output, target)
+        return sender
 
     def _response_target(self, req: Request, inbound: Inbound) -> Target:
         via = req.top_via
@@ -709,6 +724,11 @@ class EdgeProxy:
     def _on_cancel(self, req: Request, server: ServerTransaction, inbound: Inbound) -> None:
         """RFC 3261 §16.10: answer 200, cancel the matching client transaction."""
         invite = self.table.find_invite_server(req)
+        if invite is not None and invite.final_status is not None:
+            # Already answered (a 2xx keeps its transaction for timer L without
+            # its context): the CANCEL has nothing left to do (RFC 3261 §9.2).
+            server.respond(make_response(req, 200, to_tag=self._to_tag(req)))
+            return
         if invite is None or not isinstance(invite.context, _Context):
             self._reject(server, 481, None, inbound)
             return

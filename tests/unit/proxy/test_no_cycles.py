@@ -67,3 +67,27 @@ def test_lingering_transactions_keep_only_what_absorbing_needs():
     assert len(out.to_flows) == before
     run_out(clock, 10)
     assert len(proxy.table) == 0
+
+
+def test_accepted_invite_keeps_only_its_key_and_sender():
+    """Timer L (RFC 6026): after a 2xx the INVITE server transaction lingers 32 s;
+    it holds no request, context or response, yet absorbs a retransmitted INVITE,
+    and a CANCEL arriving then is answered 200 (nothing left to cancel)."""
+    proxy, clock, out = make_proxy()
+    path = registered(proxy, out)
+    invite = core_invite(path)
+    proxy.receive_from_sip(invite, CORE, "udp")
+    _, data = out.to_flows[-1]
+    proxy.receive_from_flow(7, response_to(parse(data), 200, "OK"), CLIENT, "ws")
+    [server] = [t for t in proxy.table.servers.values() if t.is_invite]
+    assert server.state == "accepted"
+    assert server.request is None and server.context is None and server.last_response is None
+    out.clear()
+    proxy.receive_from_sip(invite, CORE, "udp")  # retransmission: absorbed, not relayed
+    assert out.to_flows == [] and out.to_targets == []
+    cancel = core_invite(path, method="CANCEL")
+    proxy.receive_from_sip(cancel, CORE, "udp")
+    [(_, answer)] = out.sip_msgs()
+    assert answer.status == 200 and answer.method == "CANCEL"
+    run_out(clock)
+    assert len(proxy.table) == 0
