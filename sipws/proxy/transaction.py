@@ -248,7 +248,7 @@ class _Transaction:
         self.send = send
         self.reliable = reliable
         self.is_invite = request.method == "INVITE"
-        self._timers: dict[str, Any] = {}
+        self._timers: dict[str, int] = {}  # timer name -> sequence number (TimerQueue)
 
     def _set(self, name: str, delay: float, method: Callable[[], Any]) -> None:
         """Start (or restart) timer ``name``: ``method`` (bound to this
@@ -403,6 +403,10 @@ class ClientTransaction(_Transaction):
         self.user = _NO_USER
         self.context = None
         self.on_terminated = None
+        # Cancelled timers may still name this transaction in the timer heap
+        # until it is compacted: what is left of it must be small.
+        self.request = None  # type: ignore[assignment]
+        self.data = b""
 
 
 class ServerTransaction(_Transaction):
@@ -514,3 +518,5 @@ class ServerTransaction(_Transaction):
         super()._release()
         self.context = None
         self._on_terminated = None
+        self.request = None  # type: ignore[assignment]
+        self.last_response = None
