@@ -78,6 +78,7 @@ class EdgeProxy(TowardCoreMixin, TowardFlowMixin, AckCancelMixin, ResponsesMixin
         self.upstream = target_for_upstream(sip_config.upstream)
         self.upstream_uri = sip_config.upstream
         self.table = TransactionTable(clock, Timers.from_config(sip_config))
+        self.table.resend = self._resend
         self.max_transactions = MAX_TRANSACTIONS
         self.flows: dict[int, Flow] = {}
         #: "next hop does not answer" lines, at most one per next hop per minute.
@@ -349,6 +350,14 @@ class EdgeProxy(TowardCoreMixin, TowardFlowMixin, AckCancelMixin, ResponsesMixin
                 self._responders.clear()
             sender = self._responders[target] = _ToTarget(self.output, target)
         return sender
+
+    def _resend(self, where: tuple, data: bytes) -> None:
+        """A lingering server transaction's response again (see _ToFlow.where)."""
+        if where[0] == "flow":
+            self.output.send_to_flow(where[1], data)
+        else:
+            _, host, port, transport = where
+            self.output.send_to_target(Target("sip", host, port, transport), data, None)
 
     def _response_target(self, req: Request, inbound: Inbound) -> Target:
         via = req.top_via

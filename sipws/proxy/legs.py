@@ -126,11 +126,13 @@ class _Context:
 class _ToFlow:
     """A server transaction's sender toward the flow its request came from."""
 
-    __slots__ = ("proxy", "conn_id")
+    __slots__ = ("proxy", "conn_id", "where")
 
     def __init__(self, proxy: "EdgeProxy", conn_id: int) -> None:
         self.proxy = proxy
         self.conn_id = conn_id
+        #: The same destination as plain data (a lingering transaction keeps this).
+        self.where = ("flow", conn_id)
 
     def __call__(self, data: bytes) -> None:
         if not self.proxy.output.send_to_flow(self.conn_id, data):
@@ -140,11 +142,13 @@ class _ToFlow:
 class _ToTarget:
     """A server transaction's sender toward a SIP-side address (RFC 3261 §18.2.2)."""
 
-    __slots__ = ("output", "target")
+    __slots__ = ("output", "target", "where")
 
     def __init__(self, output: ProxyOutput, target: Target) -> None:
         self.output = output
         self.target = target
+        #: The same destination as plain data (a lingering transaction keeps this).
+        self.where = ("sip", target.host, target.port, target.transport)
 
     def __call__(self, data: bytes) -> None:
         self.output.send_to_target(self.target, data, None)

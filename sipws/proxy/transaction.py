@@ -15,6 +15,7 @@ proxy's timer C apply to every transport.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
@@ -44,6 +45,10 @@ CONFIRMED = "confirmed"
 TERMINATED = "terminated"
 
 Send = Callable[[bytes], None]
+#: What a lingering server transaction keeps (see TransactionTable.lingering):
+#: the response to repeat (b"" = absorb silently) and where to (a sender's
+#: ``where``: a tuple of strings and numbers, or None).
+Lingering = tuple[bytes, Optional[tuple]]
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,49 @@ class TransactionTable:
         #: by reference counting instead of piling up for the cyclic garbage
         #: collector, whose full passes stall the reactor under load.
         self._ended: list[_Transaction] = []
+        #: Server transactions that only linger (RFC 6026 timer L after a 2xx,
+        #: timer J after a non-INVITE final on UDP) kept as plain data, key ->
+        #: (response to repeat, where to): tens of thousands of them linger at a
+        #: few hundred calls per second, and as objects each full pass of the
+        #: cyclic collector would walk them all; tuples of bytes and strings it
+        #: does not track.  Their lifetime is the same 64*T1 for both kinds, so
+        #: one FIFO of (expiry, key) ends them in order.
+        self.lingering: dict[tuple, Lingering] = {}
+        self._lingering_until: deque[tuple[float, tuple]] = deque()
+        #: Repeats a lingering response: ``resend(where, data)``; set by the owner
+        #: (None: server transactions linger as objects).
+        self.resend: Optional[Callable[[tuple, bytes], None]] = None
+        self._timers: dict[str, int] = {}  # this table's own timer (TimerQueue owner)
+
+    def linger(self, txn: "ServerTransaction", response: bytes) -> bool:
+        """End ``txn`` now and keep only (response, where) under its key for 64*T1;
+        False (nothing done) when its sender cannot be described as data."""
+        where = getattr(txn.send, "where", None)
+        if self.resend is None or (response and where is None):
+            return False
+        key = txn.key
+        txn._cancel_all()
+        txn.state = TERMINATED
+        if self.servers.get(key) is txn:
+            del self.servers[key]
+        self._ended.append(txn)
+        self.lingering[key] = (response, where)
+        until = self._lingering_until
+        if not until:
+            self.queue.set(self, "lingering", self.timers.h, TransactionTable._expire_lingering)
+        until.append((self.clock.seconds() + self.timers.h, key))
+        return True
+
+    def _expire_lingering(self) -> None:
+        until = self._lingering_until
+        now = self.clock.seconds()
+        lingering = self.lingering
+        while until and until[0][0] <= now:
+            _, key = until.popleft()
+            lingering.pop(key, None)
+        if until:
+            self.queue.set(self, "lingering", max(0.0, until[0][0] - now),
+                           TransactionTable._expire_lingering)
 
     def _release_ended(self) -> None:
         ended = self._ended
@@ -185,7 +233,7 @@ class TransactionTable:
                 txn._release()
 
     def __len__(self) -> int:
-        return len(self.clients) + len(self.servers)
+        return len(self.clients) + len(self.servers) + len(self.lingering)
 
     def clear(self) -> int:
         """Drop every transaction and cancel its timers (service shutdown);
@@ -197,16 +245,27 @@ class TransactionTable:
             txn._release()
         self.clients.clear()
         self.servers.clear()
+        self.lingering.clear()
+        self._lingering_until.clear()
+        self.queue.cancel(self, "lingering")
         self._release_ended()
         return count
 
     def find_server(self, request: Request) -> Optional["ServerTransaction"]:
         """The server transaction a request belongs to (retransmission, ACK)."""
-        return self.servers.get(server_key(request))
+        return self._find(server_key(request))
 
     def find_invite_server(self, request: Request) -> Optional["ServerTransaction"]:
         """The INVITE server transaction a CANCEL (or ACK) refers to."""
-        return self.servers.get(server_key(request, "INVITE"))
+        return self._find(server_key(request, "INVITE"))
+
+    def _find(self, key: tuple) -> Any:
+        txn = self.servers.get(key)
+        if txn is None and self.lingering:
+            kept = self.lingering.get(key)
+            if kept is not None:
+                return _LingeringServer(self, kept)
+        return txn
 
     def find_client(self, response: Response) -> Optional["ClientTransaction"]:
         via = response.top_via
@@ -236,6 +295,28 @@ class TransactionTable:
 
 
 # --------------------------------------------------------- transactions
+
+
+class _LingeringServer:
+    """A lingering server transaction found again (a retransmitted request, a
+    late CANCEL): built on demand from its data, answers like the object did."""
+
+    __slots__ = ("table", "response", "where")
+
+    #: It was answered with a final response; nothing of the request is left.
+    final_status = 200
+    context = None
+    request = None
+    terminated = False
+
+    def __init__(self, table: TransactionTable, kept: Lingering) -> None:
+        self.table = table
+        self.response, self.where = kept
+
+    def receive_request(self, request: Request) -> None:
+        """Absorb it; a non-INVITE's final response is sent again (timer J)."""
+        if self.response and request.method != "ACK" and self.table.resend is not None:
+            self.table.resend(self.where, self.response)
 
 
 class _Transaction:
@@ -450,10 +531,13 @@ class ServerTransaction(_Transaction):
                 # RFC 6026 §8.5: stay for timer L, so a retransmitted INVITE is
                 # absorbed instead of being relayed again as a new request.
                 self.state = ACCEPTED
+                # Absorbing retransmissions needs only the key: at ~700 calls/s
+                # some 20,000 of these linger, and each full GC pass walks
+                # whatever they still hold.  As plain data when the owner can.
+                if self.table.linger(self, b""):
+                    self._after_terminate()
+                    return
                 self._set("linger", t.h, self._terminate)  # timer L = 64*T1
-                # Absorbing retransmissions and passing further 2xx through needs
-                # only the key and the sender: at ~700 calls/s some 20,000 of these
-                # linger, and each full GC pass walks whatever they still hold.
                 self.context = None
                 self.request = None  # type: ignore[assignment]
                 self.last_response = None
@@ -466,6 +550,8 @@ class ServerTransaction(_Transaction):
             self.state = COMPLETED
             if self.reliable:
                 self._terminate()
+            elif self.table.linger(self, data):  # timer J, as plain data
+                self._after_terminate()
             else:
                 self._set("linger", t.j, self._terminate)
                 # Timer J only answers retransmissions with last_response.
@@ -511,6 +597,9 @@ class ServerTransaction(_Transaction):
         if self.table.servers.get(self.key) is self:
             del self.table.servers[self.key]
         self.table._ended.append(self)
+        self._after_terminate()
+
+    def _after_terminate(self) -> None:
         if self._on_terminated is not None:
             self._on_terminated(self)
 

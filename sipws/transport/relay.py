@@ -353,7 +353,8 @@ class Relay(Service):
         return {
             "transactions": len(proxy.table) if proxy else 0,
             "client_transactions": len(proxy.table.clients) if proxy else 0,
-            "server_transactions": len(proxy.table.servers) if proxy else 0,
+            "server_transactions": len(proxy.table.servers) + len(proxy.table.lingering) if proxy else 0,
+            "lingering_transactions": len(proxy.table.lingering) if proxy else 0,
             "flows": len(proxy.flows) if proxy else 0,
             "stream_connections": len(self.pool.connections),
             "dns_queries": self.resolver.queries,

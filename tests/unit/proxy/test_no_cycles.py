@@ -69,25 +69,48 @@ def test_lingering_transactions_keep_only_what_absorbing_needs():
     assert len(proxy.table) == 0
 
 
-def test_accepted_invite_keeps_only_its_key_and_sender():
-    """Timer L (RFC 6026): after a 2xx the INVITE server transaction lingers 32 s;
-    it holds no request, context or response, yet absorbs a retransmitted INVITE,
-    and a CANCEL arriving then is answered 200 (nothing left to cancel)."""
+def test_accepted_invite_lingers_as_plain_data():
+    """Timer L (RFC 6026): after a 2xx the INVITE server transaction lingers 32 s as
+    a key and plain data the collector does not track (no object, no request, no
+    context), yet absorbs a retransmitted INVITE, and a CANCEL arriving then is
+    answered 200 (nothing left to cancel)."""
     proxy, clock, out = make_proxy()
     path = registered(proxy, out)
     invite = core_invite(path)
     proxy.receive_from_sip(invite, CORE, "udp")
     _, data = out.to_flows[-1]
     proxy.receive_from_flow(7, response_to(parse(data), 200, "OK"), CLIENT, "ws")
-    [server] = [t for t in proxy.table.servers.values() if t.is_invite]
-    assert server.state == "accepted"
-    assert server.request is None and server.context is None and server.last_response is None
+    assert not [t for t in proxy.table.servers.values() if t.is_invite]
+    [(key, kept)] = proxy.table.lingering.items()
+    assert key[2] == "INVITE" and kept == (b"", ("sip", "127.0.0.1", 5060, "udp"))
+    gc.collect()
+    gc.collect()  # a tuple is untracked once what it holds is (the inner one first)
+    assert not gc.is_tracked(kept) and not gc.is_tracked(key)
     out.clear()
     proxy.receive_from_sip(invite, CORE, "udp")  # retransmission: absorbed, not relayed
     assert out.to_flows == [] and out.to_targets == []
-    cancel = core_invite(path, method="CANCEL")
-    proxy.receive_from_sip(cancel, CORE, "udp")
+    proxy.receive_from_sip(core_invite(path, method="CANCEL"), CORE, "udp")
     [(_, answer)] = out.sip_msgs()
     assert answer.status == 200 and answer.method == "CANCEL"
+    run_out(clock)
+    assert len(proxy.table) == 0
+
+
+def test_non_invite_from_udp_lingers_as_data_and_repeats_its_final():
+    """Timer J: a UDP-side MESSAGE answered by the flow lingers as (response, where);
+    its retransmission gets the same final response again."""
+    proxy, clock, out = make_proxy()
+    path = registered(proxy, out)
+    message = core_invite(path, method="MESSAGE", to_tag=";tag=x")
+    proxy.receive_from_sip(message, CORE, "udp")
+    _, data = out.to_flows[-1]
+    proxy.receive_from_flow(7, response_to(parse(data), 200, "OK"), CLIENT, "ws")
+    [(_, ok)] = out.sip_msgs()
+    [(response, where)] = proxy.table.lingering.values()
+    assert response == bytes(ok) and where == ("sip", "127.0.0.1", 5060, "udp")
+    out.clear()
+    proxy.receive_from_sip(message, CORE, "udp")
+    [(_, again)] = out.sip_msgs()
+    assert bytes(again) == response and out.to_flows == []
     run_out(clock)
     assert len(proxy.table) == 0
