@@ -9,7 +9,7 @@ from sipws.proxy.errors import BadFlowToken
 from sipws.proxy.legs import CANCEL_PENDING, FLOW_VIA_PARAM, Inbound, _Context
 from sipws.proxy.branches import BRANCH_MARK
 from sipws.proxy.targets import WS_TRANSPORTS, Target, is_invalid_host
-from sipws.proxy.transaction import MAGIC_COOKIE
+from sipws.proxy.transaction import MAGIC_COOKIE, client_key
 from sipws.sip import Response, make_response
 
 log = Logger(namespace="sipws.proxy.core")
@@ -19,6 +19,7 @@ class ResponsesMixin:
     """EdgeProxy's response handling."""
 
     def _on_response(self, resp: Response, inbound: Inbound) -> None:
+        self._reuse_our_via(resp)
         via = resp.top_via
         branch = via.branch or ""
         if not (branch.startswith(MAGIC_COOKIE + BRANCH_MARK)
@@ -40,6 +41,24 @@ class ResponsesMixin:
             txn.receive_response(resp)
             return
         self._forward_response_stateless(resp, inbound)
+
+    def _reuse_our_via(self, resp: Response) -> None:
+        """Our Via, back on top of a response to a request we sent: the client
+        transaction's request holds it parsed already (same text: same Via)."""
+        text = resp.top_via_text()
+        if not text:
+            return
+        start = text.find(";branch=")
+        if start < 0:
+            return
+        start += len(";branch=")
+        end = text.find(";", start)
+        branch = text[start:end] if end >= 0 else text[start:]
+        txn = self.table.clients.get(client_key(branch, resp.cseq[1]))
+        request = txn.request if txn is not None else None
+        ours = request.top_via if request is not None else None
+        if ours is not None and str(ours) == text:
+            resp.use_top_via(ours)
 
     def _forward_response_stateless(self, resp: Response, inbound: Inbound) -> None:
         """A 2xx to INVITE with no transaction (a retransmission after ours ended,

@@ -217,6 +217,16 @@ class Message:
         top = self._top = parse_via(self._first_value(i)[0])
         return top
 
+    def top_via_text(self) -> Optional[str]:
+        """The first Via value as written (nothing parsed)."""
+        i = self._index("via")
+        return None if i < 0 else self._first_value(i)[0]
+
+    def use_top_via(self, via: Via) -> None:
+        """Take ``via`` as the parsed first Via: the caller knows it is the same
+        text (our own Via coming back in a response), so it is not parsed again."""
+        self._top = via
+
     @property
     def via_count(self) -> int:
         """How many Via values (parse() counted them; nothing is parsed again)."""
