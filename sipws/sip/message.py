@@ -619,7 +619,9 @@ def is_keepalive(data: bytes) -> bool:
 
     Such data is not a SIP message: ``parse()`` would reject it as empty.
     """
-    return bool(data) and not bytes(data).strip(b"\r\n")
+    if not data or data[:1] not in (b"\r", b"\n"):
+        return False  # the common case, decided without copying the message
+    return not bytes(data).strip(b"\r\n")
 
 
 
