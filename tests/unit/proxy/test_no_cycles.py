@@ -114,3 +114,23 @@ def test_non_invite_from_udp_lingers_as_data_and_repeats_its_final():
     assert bytes(again) == response and out.to_flows == []
     run_out(clock)
     assert len(proxy.table) == 0
+
+
+def test_a_response_reuses_our_parsed_via_and_parses_nothing_else():
+    """Each Via parsed once: our own Via comes back on top of the response with the
+    same text, so the client transaction's parsed Via serves; a response whose top
+    Via differs (even only in spelling) is parsed as usual."""
+    from sipws.sip import parse as parse_message
+
+    proxy, clock, out = make_proxy()
+    proxy.receive_from_flow(7, capture("jssip_03_OPTIONS"), CLIENT, "ws")
+    _, options = out.last_sip()
+    [client] = proxy.table.clients.values()
+    ours = client.request.top_via
+    ok = parse_message(response_to(options, 200, "OK"))
+    proxy._reuse_our_via(ok)
+    assert ok.top_via is ours
+    changed = parse_message(response_to(options, 200, "OK").replace(b";branch=", b";Branch=", 1))
+    proxy._reuse_our_via(changed)
+    assert changed.top_via is not ours and changed.top_via.branch == ours.branch
+    run_out(clock)
