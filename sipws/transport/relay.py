@@ -55,6 +55,10 @@ KNOWN_COUNTERS = tuple(
    "sip.udp_drops")
 
 
+#: Counter names per transport, built once (not per message).
+_IN = {t: f"sip.messages_in.{t}" for t in ("udp", "tcp", "tls", "ws", "wss")}
+_OUT = {t: f"sip.messages_out.{t}" for t in ("udp", "tcp", "tls", "ws", "wss")}
+
 #: The loopback TCP socket the edge opens for the standalone core when [sip] listen has no tcp: entry.
 STANDALONE_HOP_HOST = "127.0.0.1"
 
@@ -167,7 +171,7 @@ class Relay(Service):
         """One complete WebSocket message (already traced and counted as WS traffic)."""
         if self.proxy is None:
             return
-        self.counters.incr("sip.messages_in." + record.transport)
+        self.counters.incr(_IN.get(record.transport) or "sip.messages_in." + record.transport)
         if record.role == SERVER:
             self.proxy.receive_from_flow(record.id, data, record.remote, record.transport)
         else:
@@ -178,7 +182,7 @@ class Relay(Service):
         is the socket's protocol (for the local address in traces)."""
         if self.proxy is None:
             return
-        self.counters.incr("sip.messages_in." + transport)
+        self.counters.incr(_IN.get(transport) or "sip.messages_in." + transport)
         tracer = self.root.tracer
         if tracer.enabled:
             tracer.sip_message(None, "in", transport, source, _local_of(receiver), data)
@@ -211,7 +215,7 @@ class Relay(Service):
             return False
         if not record.protocol.send_message(data):
             return False
-        self.counters.incr("sip.messages_out." + record.transport)
+        self.counters.incr(_OUT.get(record.transport) or "sip.messages_out." + record.transport)
         return True
 
     def send_to_target(self, target: Target, data: bytes, on_error: OnError) -> None:
