@@ -31,7 +31,12 @@ virtual time (RFC 6026 timer L) are still lingering.
 BASE``) in the same run: both trees run as child processes, alternated,
 best of ``--rounds``, and the ratio this tree / reference is printed.
 
+``--steady 40`` instead runs calls both ways at 700/s for 40 s of virtual
+time — past timer L, so the lingering transactions reach their steady number
+(~28,000 calls) — and reports the collector's pauses then.
+
 Run: .venv/bin/python bench/relay_cpu.py [--ref /tmp/wt-ref] [--quick] [--profile FILE]
+     .venv/bin/python bench/relay_cpu.py --ref /tmp/wt-ref --steady 40 --rounds 1
 """
 
 from __future__ import annotations
@@ -465,6 +470,57 @@ def measure(options: int, calls: int, profile: str | None = None) -> dict[str, A
     return result
 
 
+def measure_steady(seconds: float) -> dict[str, Any]:
+    """Calls both ways at CALL_RATE for ``seconds`` of virtual time: long enough
+    (> 32 s, RFC 6026 timer L) and the lingering transactions reach their
+    steady number; what the cyclic collector then costs."""
+    rig = Rig()
+    for i in range(WARMUP):
+        rig.options_from_ws(i % CLIENTS)
+        rig.call_from_ws(i % CLIENTS)
+        rig.call_from_core(i % CLIENTS)
+        rig.advance(0.001)
+    rig.advance(60.0)
+    gc.callbacks.append(rig.gc_callback)
+    count = int(seconds * CALL_RATE)
+    steps = (rig.call_from_ws, rig.call_from_core)
+    rig.cpu = 0.0
+    for i in range(count):
+        steps[i % 2](i % CLIENTS)
+        rig.advance(1.0 / CALL_RATE)
+    gc.callbacks.remove(rig.gc_callback)
+    full = [p for g, p in rig.gc_pauses if g == 2]
+    proxy = rig.root.relay.proxy
+    result = {
+        "steady_calls": count,
+        "steady_call_us": rig.cpu / count * 1e6,
+        "steady_gc_full_collections": len(full),
+        "steady_gc_full_max_ms": max(full, default=0.0) * 1e3,
+        "steady_gc_full_mean_ms": (sum(full) / len(full) * 1e3) if full else 0.0,
+        "steady_gc_total_ms": sum(p for _, p in rig.gc_pauses) * 1e3,
+        "steady_lingering_transactions": len(proxy.table),
+    }
+    t = time.perf_counter()
+    gc.collect()
+    result["steady_gc_collect_ms"] = (time.perf_counter() - t) * 1e3
+    result["steady_gc_tracked_objects"] = len(gc.get_objects())
+    rig.stop()
+    return result
+
+
+STEADY_LABELS = [
+    ("steady_calls", "calls (half each way)"),
+    ("steady_call_us", "CPU per call (us)"),
+    ("steady_lingering_transactions", "transactions at the end"),
+    ("steady_gc_full_collections", "full GCs"),
+    ("steady_gc_full_max_ms", "longest full GC (ms)"),
+    ("steady_gc_full_mean_ms", "mean full GC (ms)"),
+    ("steady_gc_total_ms", "all GC pauses (ms)"),
+    ("steady_gc_collect_ms", "gc.collect() at the end (ms)"),
+    ("steady_gc_tracked_objects", "GC-tracked objects"),
+]
+
+
 # -------------------------------------------------------------- comparison
 
 
@@ -483,10 +539,12 @@ LABELS = [
 #: Figures where the best round is the smallest (all of them).
 
 
-def child(tree: Path, options: int, calls: int) -> dict[str, Any]:
+def child(tree: Path, options: int, calls: int, steady: float = 0.0) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--options", str(options),
            "--calls", str(calls)]
+    if steady:
+        cmd += ["--steady", str(steady)]
     out = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True,
                          timeout=CHILD_TIMEOUT)
     if out.returncode != 0:
@@ -502,12 +560,15 @@ def main() -> int:
     parser.add_argument("--ref", type=Path, help="reference source tree measured in the same run")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--profile", help="run under cProfile, write the stats here, print the top")
+    parser.add_argument("--steady", type=float, default=0.0, metavar="SECONDS",
+                        help="instead: calls at 700/s for SECONDS of virtual time (40 reaches "
+                             "the steady number of lingering transactions), GC pauses")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = args.options or (QUICK_OPTIONS if args.quick else DEFAULT_OPTIONS)
     calls = args.calls or (QUICK_CALLS if args.quick else DEFAULT_CALLS)
     if args.child:
-        print(json.dumps(measure(options, calls)))
+        print(json.dumps(measure_steady(args.steady) if args.steady else measure(options, calls)))
         return 0
     if args.profile:
         result = measure(options, calls, args.profile)
@@ -519,21 +580,27 @@ def main() -> int:
         return 0
     trees = [("this tree", ROOT_DIR)] + ([("reference", args.ref.resolve())] if args.ref else [])
     best: dict[str, dict[str, Any]] = {}
+    labels = STEADY_LABELS if args.steady else LABELS
     for round_no in range(args.rounds):
         for name, tree in trees:
-            result = child(tree, options, calls)
+            result = child(tree, options, calls, args.steady)
             print(f"round {round_no + 1} {name}: " + ", ".join(
                 f"{k}={v:.1f}" for k, v in result.items()), flush=True)
             prior = best.setdefault(name, dict(result))
             for key, value in result.items():
                 prior[key] = min(prior[key], value)
-    print(f"\nrelay CPU in process: {options} OPTIONS and {calls} calls per direction, "
-          f"{CLIENTS} WebSocket clients, UDP core on 127.0.0.1; best of {args.rounds} rounds")
+    if args.steady:
+        print(f"\nsteady load in process: calls both ways at {CALL_RATE:.0f}/s for "
+              f"{args.steady:g} s of virtual time, {CLIENTS} WebSocket clients, UDP core on "
+              f"127.0.0.1; best of {args.rounds} rounds")
+    else:
+        print(f"\nrelay CPU in process: {options} OPTIONS and {calls} calls per direction, "
+              f"{CLIENTS} WebSocket clients, UDP core on 127.0.0.1; best of {args.rounds} rounds")
     header = f"{'':32} {'this tree':>12}"
     if args.ref:
         header += f" {'reference':>12} {'ratio':>7}"
     print(header)
-    for key, label in LABELS:
+    for key, label in labels:
         mine = best["this tree"][key]
         line = f"{label:32} {mine:12.1f}"
         if args.ref:
@@ -541,7 +608,7 @@ def main() -> int:
             ratio = mine / ref if ref else float("nan")
             line += f" {ref:12.1f} {ratio:7.2f}"
         print(line)
-    if args.ref:
+    if args.ref and not args.steady:
         mine = best["this tree"]
         ref = best["reference"]
         for kind in ("options", "call"):
