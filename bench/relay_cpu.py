@@ -70,6 +70,8 @@ CLIENTS = 50
 DEFAULT_ROUNDS = 3
 #: Requests and calls per direction before measuring (imports, caches, allocator warm).
 WARMUP = 300
+#: Empty timed regions measured to take the CPU clock's own cost out.
+CALIBRATION = 5000
 #: Seconds a child run may take.
 CHILD_TIMEOUT = 900.0
 SECRET = "relay-cpu-bench"
@@ -252,6 +254,7 @@ class Rig:
             self.clients.append((proto, transport, proto.record.id))
         self.tokens = self.root.relay.tokens
         self.cpu = 0.0
+        self.regions = 0
         #: cProfile.Profile enabled only inside sipws (--profile).
         self.profiler: Any = None
         self.gc_pauses: list[tuple[int, float]] = []
@@ -278,8 +281,21 @@ class Rig:
         t = time.process_time()
         f(*args)
         self.cpu += time.process_time() - t
+        self.regions += 1
         if profiler is not None:
             profiler.disable()
+
+    def clock_overhead(self, samples: int = CALIBRATION) -> float:
+        """CPU seconds one timed region costs with nothing in it: reading the
+        process CPU clock is a system call (tens of microseconds on a loaded
+        virtual machine), so each region's figure includes about one read."""
+        cpu, regions = self.cpu, self.regions
+        self.cpu = 0.0
+        for _ in range(samples):
+            self.timed(_nothing)
+        overhead = self.cpu / samples
+        self.cpu, self.regions = cpu, regions
+        return overhead
 
     # -- what sipws sent -------------------------------------------------------------
 
@@ -420,14 +436,22 @@ class Rig:
         self.core.close()
 
 
+def _nothing() -> None:
+    pass
+
+
 def phase(rig: Rig, count: int, rate: float, step: Callable[[int], None]) -> float:
-    """CPU seconds sipws spent on ``count`` runs of ``step``, the clock advancing at ``rate``."""
+    """CPU seconds sipws spent on ``count`` runs of ``step``, the clock advancing at
+    ``rate``; the cost of reading the CPU clock itself, measured right after, is
+    taken out."""
     rig.cpu = 0.0
+    rig.regions = 0
     tick = 1.0 / rate
     for i in range(count):
         step(i % CLIENTS)
         rig.advance(tick)
-    return rig.cpu
+    cpu, regions = rig.cpu, rig.regions
+    return max(0.0, cpu - regions * rig.clock_overhead())
 
 
 def measure(options: int, calls: int, profile: str | None = None) -> dict[str, Any]:
@@ -485,10 +509,12 @@ def measure_steady(seconds: float) -> dict[str, Any]:
     count = int(seconds * CALL_RATE)
     steps = (rig.call_from_ws, rig.call_from_core)
     rig.cpu = 0.0
+    rig.regions = 0
     for i in range(count):
         steps[i % 2](i % CLIENTS)
         rig.advance(1.0 / CALL_RATE)
     gc.callbacks.remove(rig.gc_callback)
+    rig.cpu = max(0.0, rig.cpu - rig.regions * rig.clock_overhead())
     full = [p for g, p in rig.gc_pauses if g == 2]
     proxy = rig.root.relay.proxy
     result = {
