@@ -24,6 +24,8 @@ BRANCH_LOOP_HEX = 10
 TO_TAG_HEX = 12
 #: Bytes of each keyed digest (branches and tags use a prefix of its hex form).
 DIGEST_BYTES = 16
+#: Header fields in the loop-detection part of our branches (with the Request-URI).
+LOOP_FIELDS = frozenset({"route", "call-id", "from", "to", "cseq"})
 
 
 class BranchesMixin:
@@ -39,13 +41,13 @@ class BranchesMixin:
 
     def _loop_part(self, req: Request) -> str:
         # RFC 3261 §16.6 step 8: what a spiral changes (Request-URI, Route) is in.
-        # From, To and CSeq as written: proxies relay them unchanged, and the
-        # raw text spares parsing them (computed twice per request: memoised).
+        # Route, Call-ID, From, To and CSeq fields as written: proxies relay them
+        # unchanged, and the raw text spares reading values (memoised: asked
+        # twice per request).
         last = self._last_loop
         if last is not None and last[0] is req:
             return last[1]
-        value = self._digest("loop", req.uri, req.get_all("route"), req.call_id,
-                             req.get("from"), req.get("to"), req.get("cseq"))[:BRANCH_LOOP_HEX]
+        value = self._digest("loop", req.uri, *req.raw_fields(LOOP_FIELDS))[:BRANCH_LOOP_HEX]
         self._last_loop = (req, value)
         return value
 

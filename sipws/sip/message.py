@@ -217,6 +217,11 @@ class Message:
         top = self._top = parse_via(self._first_value(i)[0])
         return top
 
+    def raw_fields(self, keys: frozenset[str]) -> list[str]:
+        """The header fields of these keys exactly as written (name included), in
+        order: for hashing what a message carries without parsing values."""
+        return [f for k, f in zip(self._keys, self._fields) if k in keys]
+
     def top_via_text(self) -> Optional[str]:
         """The first Via value as written (nothing parsed)."""
         i = self._index("via")
