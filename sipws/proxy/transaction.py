@@ -193,7 +193,35 @@ class TransactionTable:
         #: Repeats a lingering response: ``resend(where, data)``; set by the owner
         #: (None: server transactions linger as objects).
         self.resend: Optional[Callable[[tuple, bytes], None]] = None
-        self._timers: dict[str, int] = {}  # this table's own timer (TimerQueue owner)
+        #: Non-INVITE client transactions that only absorb retransmitted final
+        #: responses (timer K, T4 on UDP): their keys, ended in order from a FIFO.
+        self.absorbing: set[tuple] = set()
+        self._absorbing_until: deque[tuple[float, tuple]] = deque()
+        self._timers: dict[str, int] = {}  # this table's own timers (TimerQueue owner)
+
+    def absorb(self, txn: "ClientTransaction") -> None:
+        """End a completed non-INVITE client transaction now; keep its key for T4
+        so that retransmissions of its final response are absorbed."""
+        key = txn.key
+        txn._cancel_all()
+        txn.state = TERMINATED
+        if self.clients.get(key) is txn:
+            del self.clients[key]
+        self._ended.append(txn)
+        self.absorbing.add(key)
+        until = self._absorbing_until
+        if not until:
+            self.queue.set(self, "absorbing", self.timers.t4, TransactionTable._expire_absorbing)
+        until.append((self.clock.seconds() + self.timers.t4, key))
+
+    def _expire_absorbing(self) -> None:
+        until = self._absorbing_until
+        now = self.clock.seconds()
+        while until and until[0][0] <= now:
+            self.absorbing.discard(until.popleft()[1])
+        if until:
+            self.queue.set(self, "absorbing", max(0.0, until[0][0] - now),
+                           TransactionTable._expire_absorbing)
 
     def linger(self, txn: "ServerTransaction", response: bytes) -> bool:
         """End ``txn`` now and keep only (response, where) under its key for 64*T1;
@@ -233,7 +261,7 @@ class TransactionTable:
                 txn._release()
 
     def __len__(self) -> int:
-        return len(self.clients) + len(self.servers) + len(self.lingering)
+        return len(self.clients) + len(self.servers) + len(self.lingering) + len(self.absorbing)
 
     def clear(self) -> int:
         """Drop every transaction and cancel its timers (service shutdown);
@@ -248,6 +276,9 @@ class TransactionTable:
         self.lingering.clear()
         self._lingering_until.clear()
         self.queue.cancel(self, "lingering")
+        self.absorbing.clear()
+        self._absorbing_until.clear()
+        self.queue.cancel(self, "absorbing")
         self._release_ended()
         return count
 
@@ -271,7 +302,11 @@ class TransactionTable:
         via = response.top_via
         if not via.branch:
             return None
-        return self.clients.get(client_key(via.branch, response.cseq[1]))
+        key = client_key(via.branch, response.cseq[1])
+        txn = self.clients.get(key)
+        if txn is None and key in self.absorbing:
+            return _ABSORBED
+        return txn
 
     def client(self, request: Request, send: Send, reliable: bool,
                user: ClientUser) -> "ClientTransaction":
@@ -295,6 +330,21 @@ class TransactionTable:
 
 
 # --------------------------------------------------------- transactions
+
+
+class _Absorbed:
+    """What find_client returns for a key kept only to absorb retransmitted
+    final responses (TransactionTable.absorbing): they change nothing."""
+
+    __slots__ = ()
+    context = None
+    terminated = False
+
+    def receive_response(self, response: Response) -> None:
+        pass
+
+
+_ABSORBED = _Absorbed()
 
 
 class _LingeringServer:
@@ -447,7 +497,11 @@ class ClientTransaction(_Transaction):
         else:
             wait = 0.0 if self.reliable else self.table.timers.t4
         self.user.on_response(self, response)
-        if wait:
+        if wait and not self.is_invite:
+            self.table.absorb(self)  # timer K as a key only
+            if self.on_terminated is not None:
+                self.on_terminated(self)
+        elif wait:
             self._set("linger", wait, self._terminate)
             self._shrink()
         elif self.state != TERMINATED:

@@ -356,9 +356,9 @@ class Relay(Service):
         proxy = self.proxy
         return {
             "transactions": len(proxy.table) if proxy else 0,
-            "client_transactions": len(proxy.table.clients) if proxy else 0,
+            "client_transactions": len(proxy.table.clients) + len(proxy.table.absorbing) if proxy else 0,
             "server_transactions": len(proxy.table.servers) + len(proxy.table.lingering) if proxy else 0,
-            "lingering_transactions": len(proxy.table.lingering) if proxy else 0,
+            "lingering_transactions": len(proxy.table.lingering) + len(proxy.table.absorbing) if proxy else 0,
             "flows": len(proxy.flows) if proxy else 0,
             "stream_connections": len(self.pool.connections),
             "dns_queries": self.resolver.queries,

@@ -52,19 +52,21 @@ def test_ended_transactions_leave_no_cyclic_garbage():
 
 
 def test_lingering_transactions_keep_only_what_absorbing_needs():
-    """Timer K: a completed UDP client transaction no longer holds the request,
-    its context or the server transaction, and still absorbs retransmissions."""
+    """Timer K: a completed UDP client transaction is kept as its key only (no
+    request, context or server transaction), and still absorbs retransmissions."""
     proxy, clock, out = make_proxy()
     proxy.receive_from_flow(7, capture("jssip_03_OPTIONS"), CLIENT, "ws")
     _, options = out.last_sip()
     ok = response_to(options, 200, "OK")
     proxy.receive_from_sip(ok, CORE, "udp")
-    [client] = proxy.table.clients.values()
-    assert client.request is None and client.context is None and client.data == b""
+    assert not proxy.table.clients
+    [key] = proxy.table.absorbing
+    assert key[1] == "OPTIONS"
     assert not proxy.table.servers  # the ws-side server transaction ended with its final
     before = len(out.to_flows)
     proxy.receive_from_sip(ok, CORE, "udp")  # a retransmitted 200 is absorbed
     assert len(out.to_flows) == before
+    assert proxy.counters["responses_dropped"] == 0 and proxy.counters["late_responses"] == 0
     run_out(clock, 10)
     assert len(proxy.table) == 0
 
