@@ -77,6 +77,28 @@ _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id", b"m": b"
 # -- reading SIP, just enough -------------------------------------------------------------
 
 
+#: Header lines a plain 200 copies from the request (full and compact names).
+_COPIED = (b"via:", b"v:", b"from:", b"f:", b"call-id:", b"i:", b"cseq:")
+_TO = (b"to:", b"t:")
+
+
+def answer(request: bytes) -> Optional[bytes]:
+    """A plain 200 OK for one request (None for an ACK or a response): bench/faults.py's core."""
+    end = request.find(b"\r\n\r\n")
+    lines = request[:end if end >= 0 else len(request)].split(b"\r\n")
+    if not lines or lines[0].startswith(b"SIP/2.0") or lines[0].startswith(b"ACK "):
+        return None
+    out = [b"SIP/2.0 200 OK"]
+    for line in lines[1:]:
+        lower = line[:9].lower()
+        if lower.startswith(_COPIED):
+            out.append(line)
+        elif lower.startswith(_TO):
+            out.append(line if b";tag=" in line else line + b";tag=responder")
+    out.append(b"Content-Length: 0\r\n\r\n")
+    return b"\r\n".join(out)
+
+
 def read_head(message: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
     """(first line, lower-case full header name -> values in order); the body is ignored."""
     end = message.find(b"\r\n\r\n")

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sipload import (ROOT_DIR, Phone, Sampler, SipFailure, Sipws, free_port, raise_file_limit,  # noqa: E402
                       stop_on_sigterm)
-from relay import answer  # noqa: E402
+from _relay_peers import answer  # noqa: E402
 
 RELAY_CONFIG = """
 [ws]
