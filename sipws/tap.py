@@ -71,6 +71,9 @@ class SipwsService(MultiService):
         self._message_handler: MessageHandler = self._log_message
         #: Listening ports of every layer, for tests and the start-up log.
         self.ports: dict[str, list[Any]] = {}
+        #: True when twistd runs this service as the process (makeService): only
+        #: then are process-wide settings changed (the open-file limit, sipws.fdlimit).
+        self.owns_process = False
 
     # -- message hand-off -------------------------------------------------
 
@@ -133,6 +136,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
     for module_name in (
         "sipws.logsetup",
         "sipws.memory",
+        "sipws.fdlimit",
         "sipws.trace.tracer",
         "sipws.transport.tls_store",
         "sipws.transport.ws_server",
@@ -181,7 +185,9 @@ def _fail(line: str) -> None:
 
 def makeService(options: Options) -> SipwsService:
     try:
-        return build_service(options["parsed"])
+        root = build_service(options["parsed"])
+        root.owns_process = True
+        return root
     except (ConfigError, StartupError) as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits

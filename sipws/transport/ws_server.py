@@ -28,17 +28,21 @@ from twisted.logger import Logger
 from sipws.config import Config, HostPort
 from sipws.errors import StartupError
 from sipws.transport import handshake
-from sipws.transport.connections import OPEN, SERVER
+from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
 from sipws.transport.static_files import StaticFiles
 from sipws.transport.ws_common import (
-    ClosedHook, SipWebSocketMixin, protocol_class_with_options, protocol_options, wait_until_gone,
+    MASK_BIT, MAX_CONTROL_PAYLOAD, PONG_HEAD, ClosedHook, SipWebSocketMixin, protocol_class_with_options,
+    protocol_options, wait_until_gone,
 )
 
 log = Logger(namespace="sipws.ws")
 
 #: What replaces a connection's parsed request headers once it is open (shared, read-only).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+#: First byte of a read that may be a lone keep-alive Pong (see _lone_pong).
+LONE_PONG_FIRST = bytes((PONG_HEAD,))
 
 #: Seconds stopService waits for closing connections before aborting them.
 SHUTDOWN_GRACE = 3.0
@@ -61,6 +65,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any) -> None:
         reason = self._note_tls_failure(reason)
+        if self.record.state in (OPEN, CLOSING):  # it counted towards [ws] max_connections
+            self.factory.open_connections -= 1
         self._leave_table()
         super().connectionLost(reason)
 
@@ -77,7 +83,23 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._mark_alive()
         if self._refused is not None or self._served is not None or self._failed:
             return  # refused, answered or failed: ignore whatever else the client sends
-        super().dataReceived(data)
+        if data[:1] == LONE_PONG_FIRST and self._lone_pong(data):
+            return
+        # Autobahn's own dataReceived only adds a debug log call: go to its parser directly.
+        self._dataReceived(data)
+
+    def _lone_pong(self, data: bytes) -> bool:
+        """A read holding exactly one complete masked Pong, between frames: the answer to a
+        keep-alive Ping, taken without Autobahn's frame parser (the peer is alive, which
+        ``_mark_alive`` noted; Autobahn would only call ``onPong``)."""
+        if self.state != WebSocketProtocol.STATE_OPEN or self.data or self.current_frame is not None:
+            return False
+        second = data[1] if len(data) > 1 else 0
+        length = second & 0x7F
+        if not second & MASK_BIT or length > MAX_CONTROL_PAYLOAD or len(data) != 6 + length:
+            return False
+        self.onPong(data[6:])
+        return True
 
     def processHandshake(self) -> None:
         """Apply sipws's handshake policy, then let Autobahn finish the upgrade."""
@@ -98,6 +120,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         if self.factory.static_files is not None and parsed.header("upgrade") is None:
             return self._serve_file(parsed)
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
+        if refusal is None:
+            refusal = self.factory.over_capacity()
         if refusal is not None:
             return self._refuse(refusal, head)
         self._request = parsed
@@ -171,6 +195,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record = self.record
         root = self.factory.root
         record.state = OPEN
+        self.factory.open_connections += 1
         record.subprotocol = self.websocket_protocol_in_use or ""
         root.stats.incr("ws.handshakes_ok")
         response = self.http_response_data
@@ -217,6 +242,9 @@ class SipServerFactory(WebSocketServerFactory):
         self.sweeper = sweeper
         self.max_msg_chunks = section.max_msg_chunks
         self.send_timeout = section.send_timeout
+        #: [ws]/[wss] max_connections (0 = no cap) and the open connections it counts.
+        self.max_connections = section.max_connections
+        self.open_connections = 0
         self.policy = handshake.HandshakePolicy(
             resource=section.resource,
             require_origin=config.http.require_origin,
@@ -239,6 +267,14 @@ class SipServerFactory(WebSocketServerFactory):
         #: [http] document_root: plain GETs answered with files (None = off).
         self.static_files = StaticFiles(config.http.document_root) if config.http.document_root else None
         self.fire_closed = ClosedHook(config)
+
+    def over_capacity(self) -> handshake.Refusal | None:
+        """503 when this listener kind already holds [ws]/[wss] max_connections open connections."""
+        cap = self.max_connections
+        if cap and self.open_connections >= cap:
+            self.root.stats.incr("ws.over_capacity")
+            return handshake.Refusal(503, f"too many connections ([{self.transport_name}] max_connections {cap})")
+        return None
 
 
 class WsServerService(Service):
