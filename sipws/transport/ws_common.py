@@ -372,10 +372,11 @@ class SipWebSocketMixin:
 
         The keep-alive sweep sends one per idle connection per timeout; Autobahn's
         ``sendFrame`` rebuilds the same few bytes each time.  False (the caller
-        goes through Autobahn) for the client role, whose frames are masked, or
-        when Autobahn has data queued ahead of it.
+        goes through Autobahn) for the client role, whose frames are masked.
+        Autobahn's send queue stays empty in sipws (no chopped or synchronous
+        writes), so writing to the transport keeps the order of frames.
         """
-        if not self.factory.isServer or self.send_queue or len(payload) > MAX_CONTROL_PAYLOAD:
+        if not self.factory.isServer or len(payload) > MAX_CONTROL_PAYLOAD:
             return False
         self.transport.write(bytes((head, len(payload))) + payload)
         return True
