@@ -40,6 +40,8 @@ log = Logger(namespace="sipws.ws")
 
 #: What replaces a connection's parsed request headers once it is open (shared, read-only).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+#: What replaces per-connection lists Autobahn no longer needs once it is open (shared, read-only).
+NO_ITEMS: tuple = ()
 
 #: First byte of a read that may be a lone keep-alive Pong (see _lone_pong).
 LONE_PONG_FIRST = bytes((PONG_HEAD,))
@@ -60,6 +62,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
         self._enter_table(SERVER)
+        # every connection of a listener shares one local-address tuple
+        self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()
         self.transport.registerProducer(self, True)
 
@@ -212,6 +216,17 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.http_request_data = None
         self.http_headers = NO_HEADERS  # Autobahn reads them only during the handshake
         self.http_status_line = ""
+        # Idle-connection memory (bench/idle_connections.py): Autobahn's other copies of the
+        # request, read only during the handshake; its event-emitter tables, used only with
+        # .on() listeners (sipws has none: ObservableMixin's class-level None then applies);
+        # and its send queue, used only for chopped or synchronous writes, which sipws never
+        # makes (one shared immutable empty queue instead of a deque per connection).
+        self.websocket_protocols = self.websocket_extensions = NO_ITEMS
+        self.websocket_origin = self._wskey = ""
+        self.http_request_params = NO_HEADERS
+        self.__dict__.pop("_valid_events", None)
+        self.__dict__.pop("_results", None)
+        self.send_queue = NO_ITEMS
         log.info(
             "opened {conn} origin={origin}",
             conn=record.describe(),
@@ -242,6 +257,8 @@ class SipServerFactory(WebSocketServerFactory):
         self.sweeper = sweeper
         self.max_msg_chunks = section.max_msg_chunks
         self.send_timeout = section.send_timeout
+        #: The listeners' (host, port), one tuple shared by their connections' records.
+        self.local_addresses: dict[tuple[str, int], tuple[str, int]] = {}
         #: [ws]/[wss] max_connections (0 = no cap) and the open connections it counts.
         self.max_connections = section.max_connections
         self.open_connections = 0

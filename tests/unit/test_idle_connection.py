@@ -1,6 +1,10 @@
-"""Keep-alive Pings written directly and lone Pongs taken without Autobahn's parser
+"""An idle WebSocket connection, cheap to hold and to keep alive (bench/idle_connections.py).
+
+Keep-alive Pings written directly and lone Pongs taken without Autobahn's parser
 (sipws/transport/ws_common.py ``_write_control``, ws_server.py ``_lone_pong``): the same
-bytes and effects as through Autobahn, and Autobahn still handles everything else.
+bytes and effects as through Autobahn, and Autobahn still handles everything else.  Once
+open, a connection keeps nothing of its handshake and no per-connection copies of what
+every connection shares.
 
 In memory: sipws's own factory on a Clock, protocols upgraded on StringTransports.
 """
@@ -32,21 +36,44 @@ def masked(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + MASK + body
 
 
-@pytest.fixture
-def opened():
-    config = config_from_dict({"ws": {"listen": ["127.0.0.1:0"]}, "sip": {"listen": []}, "admin": {"listen": ""}})
-    root = build_service(config, reactor=Clock())  # never started: nothing binds
-    root.received = []
-    root.set_message_handler(lambda record, data: root.received.append(data))
+def upgrade(root, n: int = 1):
     factory = root.ws_server.factories["ws"]
-    peer = IPv4Address("TCP", "10.0.0.1", 40000)
+    peer = IPv4Address("TCP", f"10.0.0.{n}", 40000 + n)
     protocol = factory.buildProtocol(peer)
     transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
     protocol.makeConnection(transport)
     protocol.dataReceived(UPGRADE.format(key=base64.b64encode(os.urandom(16)).decode()).encode())
     assert transport.value().startswith(b"HTTP/1.1 101")
     transport.clear()
+    return protocol, transport
+
+
+@pytest.fixture
+def opened():
+    config = config_from_dict({"ws": {"listen": ["127.0.0.1:0"]}, "sip": {"listen": []}, "admin": {"listen": ""}})
+    root = build_service(config, reactor=Clock())  # never started: nothing binds
+    root.received = []
+    root.set_message_handler(lambda record, data: root.received.append(data))
+    protocol, transport = upgrade(root)
     return root, protocol, transport
+
+
+def test_open_connection_keeps_nothing_per_connection_that_it_does_not_need(opened):
+    root, protocol, transport = opened
+    other, _ = upgrade(root, 2)
+    assert protocol.send_queue == () and protocol.send_queue is other.send_queue
+    assert "_results" not in vars(protocol) and "_valid_events" not in vars(protocol)
+    assert protocol.websocket_protocols == () and protocol.websocket_extensions == ()
+    assert protocol._wskey == "" and protocol.websocket_origin == ""
+    assert protocol.record.local == ("127.0.0.1", 8080)
+    assert protocol.record.local is other.record.local
+    # and it still works: a message in, a message out, a Close
+    protocol.dataReceived(masked(0x1, b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+    assert root.received == [b"OPTIONS sip:x SIP/2.0\r\n\r\n"]
+    assert protocol.send_message(b"SIP/2.0 200 OK\r\n\r\n")
+    assert transport.value() == b"\x81\x12SIP/2.0 200 OK\r\n\r\n"
+    protocol.close_connection(1000, "bye")
+    assert transport.value().endswith(b"\x88\x05\x03\xe8bye")
 
 
 def test_ping_and_pong_are_the_frames_autobahn_would_write(opened):
