@@ -62,11 +62,12 @@ class StubFactory:
 class StubProtocol:
     """What the sweeper touches on a protocol; sending only counts."""
 
-    __slots__ = ("paused_since", "keepalive_at", "factory", "sent")
+    __slots__ = ("paused_since", "keepalive_at", "keepalive_slot", "factory", "sent")
 
     def __init__(self, factory: StubFactory) -> None:
         self.paused_since = None
         self.keepalive_at = 0.0
+        self.keepalive_slot = -1
         self.factory = factory
         self.sent = 0
 

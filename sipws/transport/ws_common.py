@@ -163,6 +163,7 @@ class SipWebSocketMixin:
         self._failed = False
         self.paused_since: float | None = None
         self.keepalive_at = 0.0
+        self.keepalive_slot = -1  # the keep-alive wheel's booking (keepalive.py)
         root.connections.add(self.record)
         root.tracer.connection_made(self.record)
 
@@ -392,7 +393,7 @@ class SipWebSocketMixin:
     def pauseProducing(self) -> None:
         if self.paused_since is None:
             self.paused_since = self.factory.root.reactor.seconds()
-            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout)
+            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout, self.record)
 
     def resumeProducing(self) -> None:
         self.paused_since = None
