@@ -10,7 +10,6 @@ a child process.  Every wait is bounded; no assertion is about time.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
