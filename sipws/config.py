@@ -197,6 +197,15 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The process model: one process, or a master supervising worker processes."""
+
+    #: Worker processes; 1 = a single process (no master).  ``"auto"`` in the
+    #: file becomes the number of CPUs when the configuration is read.
+    workers: int = 1
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -215,6 +224,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole sections replaced (tests build variants this way)."""
@@ -545,6 +555,23 @@ def resolve_callable(key: str, ref: str) -> Callable[..., Any]:
 # Schema: section -> key -> checker.  A checker taking three arguments also
 # sees the raw section (for defaults such as `port`).
 
+#: Most worker processes one instance runs ([server] workers).
+MAX_WORKERS = 64
+
+
+def _workers(key: str, value: Any) -> int:
+    """A worker count, or "auto" = the CPUs this process may run on."""
+    if value == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        return max(1, min(cpus, MAX_WORKERS))
+    if isinstance(value, str):
+        raise ConfigError(key, f'must be an integer or "auto", got {value!r}')
+    return _int_range(1, MAX_WORKERS)(key, value)
+
+
 _COMMON_WS = {
     "listen": _listen_list("port"),
     "port": _port,
@@ -643,6 +670,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
     "admin": (AdminConfig, {"listen": _endpoint_string, "token": _str}),
     "events": (EventsConfig, {"on_closed": _callable_ref}),
     "log": (LogConfig, {"level": _choice(*LOG_LEVELS), "format": _choice("text", "json")}),
+    "server": (ServerConfig, {"workers": _workers}),
 }
 
 

@@ -89,11 +89,13 @@ def plan(current: Limits, nr_open: int, privileged: bool) -> Limits:
 
 
 def wanted_connections(config: Any) -> int:
-    """Connections the configuration asks for: max_connections of every section with listeners."""
+    """Connections one process must hold: max_connections of every section with listeners;
+    with ``[server] workers`` each worker holds its share (and inherits this process's limit)."""
+    workers = max(getattr(getattr(config, "server", None), "workers", 1), 1)
     total = 0
     for section in (config.ws, config.wss):
         if section.listen:
-            total += section.max_connections
+            total += -(-section.max_connections // workers)
     return total
 
 

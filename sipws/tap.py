@@ -184,8 +184,14 @@ def _fail(line: str) -> None:
 
 
 def makeService(options: Options) -> SipwsService:
+    config = options["parsed"]
     try:
-        root = build_service(options["parsed"])
+        if config.server.workers > 1:
+            from sipws.workers.master import build_master
+
+            root = build_master(config, options["config"])
+        else:
+            root = build_service(config)
         root.owns_process = True
         return root
     except (ConfigError, StartupError) as exc:

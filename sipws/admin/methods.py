@@ -380,7 +380,11 @@ def registrar_dump(root: Any) -> dict[str, Any]:
     if standalone is None or not standalone.enabled:
         raise AdminError("standalone mode is off ([sip] upstream is set): the core keeps the bindings",
                          NOT_AVAILABLE)
-    flows = _flow_ids(root)
+    return registrar_listing(standalone, _flow_ids(root))
+
+
+def registrar_listing(standalone: Any, flows: dict[str, int]) -> dict[str, Any]:
+    """The bindings, each with the id of the connection its flow token names (``flows``)."""
     bindings = []
     for entry in standalone.bindings.dump():
         entry = dict(entry)
@@ -388,6 +392,16 @@ def registrar_dump(root: Any) -> dict[str, Any]:
         bindings.append(entry)
     aors, count = standalone.bindings.counts()
     return {"aors": aors, "count": count, "bindings": bindings}
+
+
+def workers(root: Any) -> dict[str, Any]:
+    """The worker processes; a single process is its own only worker (a master answers in
+    sipws.workers.admin)."""
+    import os
+
+    return {"master_pid": None, "workers": [{
+        "index": 0, "pid": os.getpid(), "state": "ready", "uptime": None, "restarts": 0,
+        "connections": len(root.connections)}]}
 
 
 def _flow_ids(root: Any) -> dict[str, int]:
@@ -437,6 +451,7 @@ METHODS: dict[str, Method] = {
         Method("version", version),
         Method("tls.reload", tls_reload, mutating=True),
         Method("registrar.dump", registrar_dump),
+        Method("workers", workers),
     )
 }
 

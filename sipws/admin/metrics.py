@@ -49,61 +49,100 @@ class SipwsCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        root = self.root
-        open_gauge = GaugeMetricFamily(
-            metric_name("connections_open"), "WebSocket connections in the table", labels=["transport", "role"]
-        )
-        for (transport, role), count in sorted(methods.open_connections(root).items()):
-            open_gauge.add_metric([transport, role], count)
-        yield open_gauge
-        yield GaugeMetricFamily(
-            metric_name("connections_max"),
-            "Most WebSocket connections open at once since start",
-            value=root.connections.max_concurrent,
-        )
-        yield GaugeMetricFamily(
-            metric_name("accepting"), "1 while new WebSocket handshakes are accepted (ws.enable)", value=int(bool(root.accepting))
-        )
-        trace = methods.tracer_stats(root)
-        yield GaugeMetricFamily(metric_name("trace_enabled"), "1 while HEP tracing is on", value=int(bool(trace.get("enabled"))))
-        for key in ("queue_length", "queue_bytes"):
-            if isinstance(trace.get(key), (int, float)) and not isinstance(trace.get(key), bool):
-                yield GaugeMetricFamily(metric_name("trace", key), f"HEP tracer {key.replace('_', ' ')}", value=trace[key])
-        yield from self._counters()
-        sip = methods.relay_stats(root)
-        if sip:
-            yield from self._relay(sip)
-        registrar = methods.registrar_counts(root)
-        if registrar is not None:
-            yield GaugeMetricFamily(metric_name("registrar_aors"), "addresses of record with a live binding "
-                                    "(standalone mode)", value=registrar["aors"])
-            yield GaugeMetricFamily(metric_name("registrar_bindings"), "live registrar bindings (standalone mode)",
-                                    value=registrar["bindings"])
+        return families(methods.stats(self.root))
 
-    def _counters(self) -> Iterator[Metric]:
-        families: dict[str, tuple[CounterMetricFamily, bool]] = {}
-        for name, value in methods.counters(self.root).items():
-            family_name, transport = split_counter(name)
-            labelled = transport is not None
-            entry = families.get(family_name)
-            if entry is None:
-                help_name = name.rsplit(".", 1)[0] if labelled else name
-                family = CounterMetricFamily(
-                    family_name, f"sipws counter {help_name}", labels=["transport"] if labelled else []
-                )
-                entry = families[family_name] = (family, labelled)
-            family, family_labelled = entry
-            if family_labelled != labelled:
-                continue  # a name clashing with a family of the other shape: keep the first
-            family.add_metric([transport] if labelled else [], value)
-        for family, _ in families.values():
-            yield family
 
-    def _relay(self, sip: dict[str, Any]) -> Iterator[Metric]:
-        """The relay's figures as gauges (they may go down: open transactions)."""
+class StatsCollector:
+    """Families built from ``stats`` answers already in hand (a master's merged workers)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[str, str], ...] = ()) -> Iterator[Metric]:
+    """The metric families of one ``stats`` answer.
+
+    ``prefix`` and ``labels`` let a master show each worker's figures beside
+    the instance's totals (``sipws_worker_...{worker="1"}``).
+    """
+    names = [name for name, _ in labels]
+    values = [value for _, value in labels]
+
+    def name(*parts: str) -> str:
+        return _INVALID.sub("_", "_".join((prefix,) + parts))
+
+    def gauge(metric: str, text: str, value: Any) -> Metric:
+        family = GaugeMetricFamily(metric, text, labels=names)
+        family.add_metric(values, value)
+        return family
+
+    connections = stats.get("connections", {})
+    open_gauge = GaugeMetricFamily(name("connections_open"), "WebSocket connections in the table",
+                                   labels=["transport", "role"] + names)
+    for key, count in sorted(connections.items()):
+        transport, _, role = key.partition("_")
+        if transport in ("ws", "wss") and role:
+            open_gauge.add_metric([transport, role] + values, count)
+    yield open_gauge
+    yield gauge(name("connections_max"), "Most WebSocket connections open at once since start",
+                connections.get("max", 0))
+    yield gauge(name("accepting"), "1 while new WebSocket handshakes are accepted (ws.enable)",
+                int(bool(stats.get("accepting"))))
+    trace = stats.get("trace", {})
+    yield gauge(name("trace_enabled"), "1 while HEP tracing is on", int(bool(trace.get("enabled"))))
+    for key in ("queue_length", "queue_bytes"):
+        if isinstance(trace.get(key), (int, float)) and not isinstance(trace.get(key), bool):
+            yield gauge(name("trace", key), f"HEP tracer {key.replace('_', ' ')}", trace[key])
+    yield from _counters(stats.get("counters", {}), name, names, values)
+    sip = stats.get("sip")
+    if sip:
         for key, value in sorted(_flatten(sip).items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield GaugeMetricFamily(metric_name("relay", key), f"SIP relay {key}", value=value)
+                yield gauge(name("relay", key), f"SIP relay {key}", value)
+    registrar = stats.get("registrar")
+    if registrar is not None:
+        yield gauge(name("registrar_aors"), "addresses of record with a live binding (standalone mode)",
+                    registrar.get("aors", 0))
+        yield gauge(name("registrar_bindings"), "live registrar bindings (standalone mode)",
+                    registrar.get("bindings", 0))
+
+
+def _counters(counters: dict[str, int], name: Any, names: list[str], values: list[str]) -> Iterator[Metric]:
+    found: dict[str, tuple[CounterMetricFamily, bool]] = {}
+    for counter, value in counters.items():
+        parts = counter.split(".")
+        labelled = len(parts) >= 3 and parts[-1] in TRANSPORT_SUFFIXES
+        family_name = name(*parts[:-1]) if labelled else name(*parts)
+        entry = found.get(family_name)
+        if entry is None:
+            help_name = counter.rsplit(".", 1)[0] if labelled else counter
+            family = CounterMetricFamily(family_name, f"sipws counter {help_name}",
+                                         labels=(["transport"] if labelled else []) + names)
+            entry = found[family_name] = (family, labelled)
+        family, family_labelled = entry
+        if family_labelled != labelled:
+            continue  # a name clashing with a family of the other shape: keep the first
+        family.add_metric(([parts[-1]] if labelled else []) + values, value)
+    for family, _ in found.values():
+        yield family
+
+
+def merge_families(groups: list[list[Metric]]) -> list[Metric]:
+    """Families of the same names from several sources as one family each (samples appended)."""
+    merged: dict[str, Metric] = {}
+    for group in groups:
+        for family in group:
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+    return list(merged.values())
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -121,6 +160,19 @@ def make_registry(root: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SipwsCollector(root))
     return registry
+
+
+def render_stats(total: dict[str, Any], per_worker: list[tuple[int, dict[str, Any]]],
+                 extra: list[Metric] = ()) -> bytes:
+    """A master's page: the instance's totals under the usual names, and each
+    worker's own figures as ``sipws_worker_*{worker="N"}`` (never summed twice)."""
+    metrics = list(families(total))
+    metrics.extend(merge_families([list(families(stats, f"{PREFIX}_worker", (("worker", str(index)),)))
+                                   for index, stats in per_worker]))
+    metrics.extend(extra)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(metrics))
+    return generate_latest(registry)
 
 
 def render(registry: CollectorRegistry) -> bytes:

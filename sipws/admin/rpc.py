@@ -100,7 +100,12 @@ def handle_one(root: Any, message: Any, peer: str) -> defer.Deferred:
     if method is not None and method.mutating:
         shown = "" if params is None else " " + json.dumps(params)[:200]
         log.info("admin: {method}{params} from {peer}", method=name, params=shown, peer=peer)
-    answer = defer.maybeDeferred(methods.call, root, name, params)
+    # A master answers by asking its workers (sipws.workers.admin); one process answers itself.
+    call_admin = getattr(root, "call_admin", None)
+    if call_admin is not None:
+        answer = defer.maybeDeferred(call_admin, name, params)
+    else:
+        answer = defer.maybeDeferred(methods.call, root, name, params)
 
     def succeeded(result: Any) -> dict[str, Any] | None:
         if notification:
@@ -255,9 +260,27 @@ class MetricsResource(AdminResource):
         super().__init__(root)
         self.registry = prometheus.make_registry(root)
 
-    def answer(self, request: server.Request) -> bytes:
+    def answer(self, request: server.Request) -> bytes | int:
         request.setHeader(b"content-type", prometheus.CONTENT_TYPE.encode("ascii"))
-        return prometheus.render(self.registry)
+        render_metrics = getattr(self.root, "render_metrics", None)
+        if render_metrics is None:
+            return prometheus.render(self.registry)
+
+        def write(page: bytes) -> None:
+            if not request.finished and request.channel is not None:
+                request.write(page)
+                request.finish()
+
+        def broken(failure: Failure) -> None:
+            log.failure("admin: /metrics failed", failure)
+            if not request.finished and request.channel is not None:
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"metrics unavailable (see the sipws log)\n")
+                request.finish()
+
+        defer.maybeDeferred(render_metrics).addCallbacks(write, broken)
+        return server.NOT_DONE_YET
 
 
 class NotFound(AdminResource):

@@ -129,14 +129,21 @@ def _fmt(address: tuple[str, int]) -> str:
 class ConnectionTable:
     """Records by id and by (remote host, remote port, transport), both O(1)."""
 
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, ids: Iterator[int] | None = None) -> None:
+        #: Where ids come from: 1, 2, 3... in a single process; a worker takes
+        #: blocks leased by its master (sipws.workers), so that ids stay unique
+        #: across workers and across a worker's restarts.
+        self._ids = ids if ids is not None else itertools.count(1)
         self._by_id: dict[int, ConnectionRecord] = {}
         self._by_address: dict[tuple[str, int, str], ConnectionRecord] = {}
         #: Most connections open at once since start.
         self.max_concurrent = 0
         self._listeners_added: list[Callable[[ConnectionRecord], None]] = []
         self._listeners_removed: list[Callable[[ConnectionRecord], None]] = []
+
+    def use_ids(self, ids: Iterator[int]) -> None:
+        """Take ids from ``ids`` from now on (a worker, before it accepts anything)."""
+        self._ids = ids
 
     def add(self, record: ConnectionRecord) -> int:
         """Give the record a fresh id and enter it; returns the id."""

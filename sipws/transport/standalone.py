@@ -64,6 +64,9 @@ class StandaloneService(Service):
         self._port: Any = None
         self._pool: Optional[StreamPool] = None
         self._advertised = split_host_port(config.sip.advertise) if config.sip.advertise else None
+        #: Advertised edge address -> the socket to dial instead (a master fills
+        #: it from its workers' reports: each worker's Path names its own port).
+        self.dial_map: dict[tuple[str, int], tuple[str, int]] = {}
         self._sweep = LoopingCall(self.bindings.expire)
         self._sweep.clock = root.reactor
 
@@ -166,6 +169,9 @@ class StandaloneService(Service):
     def _dialable(self, address: tuple[str, int]) -> tuple[str, int]:
         """A Path names the edge as a core elsewhere would reach it ([sip] advertise,
         possibly a public address behind NAT): dial the socket it is bound to instead."""
+        mapped = self.dial_map.get((address[0], address[1]))
+        if mapped is not None:
+            return mapped
         advertised = self._advertised
         relay = getattr(self.root, "relay", None)
         edge = getattr(relay, "edge_tcp", None)

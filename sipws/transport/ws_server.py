@@ -16,6 +16,7 @@ its NVX speedups, close handshake).  This module adds what sipws needs on top:
 
 from __future__ import annotations
 
+import os
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -23,6 +24,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
 from twisted.internet import defer, error
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
@@ -313,11 +315,27 @@ class WsServerService(Service):
     def privilegedStartService(self) -> None:
         reactor = self.root.reactor
         config = self.root.config
+        inherited = getattr(self.root, "inherited_listeners", None)
         for kind, addresses in (("ws", config.ws.listen), ("wss", config.wss.listen)):
             ports = self.root.ports.setdefault(kind, [])
+            if inherited is not None:
+                # A worker: its master bound the listeners (sipws.workers.master).
+                for fd, family in inherited.get(kind, ()):
+                    ports.append(self._adopt(reactor, kind, fd, family))
+                continue
             for address in addresses:
                 ports.append(self._listen(reactor, kind, address))
         super().privilegedStartService()
+
+    def _adopt(self, reactor: Any, kind: str, fd: int, family: int) -> Any:
+        """Accept on a listening socket bound by the master (the same factory as ``_listen``)."""
+        factory: Any = self.factories[kind]
+        if kind == "wss":
+            # What listenSSL builds: TLS in memory over a plain TCP port.
+            factory = TLSMemoryBIOFactory(self._tls_options, False, factory)
+        port = reactor.adoptStreamPort(fd, family, factory)
+        os.close(fd)  # adoptStreamPort works on its own duplicate
+        return port
 
     def _listen(self, reactor: Any, kind: str, address: HostPort) -> Any:
         factory = self.factories[kind]

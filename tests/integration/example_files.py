@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.integration.wsclient import RawWs
 from tests.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +130,11 @@ class SipwsProcess:
                 raise AssertionError(f"sipws exited with {self.process.returncode}: {self.log_text()}")
             if "listening ws" in self.log_text() or (wss and "listening wss" in self.log_text()):
                 try:
-                    socket.create_connection(("127.0.0.1", ws_port), timeout=0.5).close()
+                    # An HTTP answer (whatever its status): with [server] workers the
+                    # master listens at once, and a worker answers once it runs.
+                    client = RawWs(ws_port)
+                    client.request()
+                    client.shutdown()
                     return self
                 except OSError:
                     pass

@@ -10,6 +10,7 @@ a child process.  Every wait is bounded; no assertion is about time.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -255,3 +256,39 @@ def test_slice_2000_idle_connections_held_and_pinged(tmp_path):
             generator.stop()
         stop_process(proc)
     assert log_lines(log, "open-file limit") == []  # [log] level = warn: no info line, no warning
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def test_with_workers_the_master_raises_the_limit_and_its_workers_inherit_it(tmp_path):
+    """[server] workers = 2, max_connections 10,000 per instance: the master's one line and one
+    warning (5,000 per worker do not fit in 4,096), and each worker runs with the raised limit."""
+    port = free_port()
+    config = quiet_config(port, "max_connections = 10000\n") + "[server]\nworkers = 2\n"
+    proc, log = start_sipws(tmp_path, config, LOW_SOFT, 4096)
+    try:
+        wait_listening(port, proc)
+        wait_until(lambda: len(children_of(proc.pid)) >= 2, "two workers started")
+        master = nofile_limits(proc.pid)
+        workers = [nofile_limits(pid) for pid in children_of(proc.pid)]
+        lines = log_lines(log, "open-file limit")
+    finally:
+        stop_process(proc)
+    assert master[0] == master[1] >= 4096
+    assert all(worker == master for worker in workers)
+    info = [line for line in lines if "fdlimit#info" in line]
+    warnings = [line for line in lines if "fdlimit#warn" in line]
+    assert len(info) == 1 and "max_connections 5000" in info[0], lines
+    if not hard_limit_can_rise():
+        assert len(warnings) == 1 and "too low for max_connections 5000" in warnings[0]

@@ -113,3 +113,15 @@ def test_service_leaves_the_process_alone_unless_it_owns_it():
     service.privilegedStartService()
     assert service.assessment is None
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == before
+
+
+def test_with_workers_max_connections_is_per_instance_and_each_worker_takes_its_share():
+    from sipws.workers.plan import worker_config
+
+    config = config_from_dict({"ws": {"listen": ["127.0.0.1:0"], "max_connections": 10001},
+                               "wss": {"max_connections": 300}, "server": {"workers": 4}})
+    assert fdlimit.wanted_connections(config) == 2501  # what one worker's limit must hold
+    worker = worker_config(config, 1)
+    assert (worker.ws.max_connections, worker.wss.max_connections) == (2501, 75)
+    uncapped = worker_config(config_from_dict({"server": {"workers": 4}}), 0)
+    assert uncapped.ws.max_connections == 0
