@@ -90,7 +90,7 @@ interop: $(STAMP) $(APT_STAMP) $(NODE_STAMP)
 # The comparative benchmarks (each prints its ratio to a reference). The long
 # reliability runs are separate: bench/soak.py (60 min by default),
 # bench/fuzz.py (1,000,000 inputs per target), bench/floods.py, bench/faults.py.
-BENCHMARKS := sip_parse proxy_core trace_hep udp_icmp ws_handshake ws_keepalive ws_memory relay
+BENCHMARKS := sip_parse proxy_core trace_hep udp_icmp ws_handshake handshakes ws_keepalive ws_memory relay compression
 
 bench: $(STAMP)
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done

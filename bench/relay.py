@@ -1,57 +1,70 @@
 """Benchmark of the relay end to end (not a test): WebSocket clients -> proxy -> UDP core.
 
-N WebSocket clients (one load-generator process, asyncio over raw sockets:
-upgrade with ``Sec-WebSocket-Protocol: sip`` and an Origin, masked frames)
-each keep a window of OPTIONS outstanding (distinct Call-ID and branch, Via
-``SIP/2.0/WS xxx.invalid``).  The proxy relays them over UDP to a tiny
-responder process that answers every request 200 OK, copying Via, From, To,
-Call-ID and CSeq; the proxy relays the 200 back to the connection.
+N WebSocket clients (one load-generator process, asyncio over raw sockets: upgrade with
+``Sec-WebSocket-Protocol: sip`` and an Origin, masked frames, ``Via: SIP/2.0/WS
+xxx.invalid``) talk through the proxy to a core process on UDP (bench/_relay_peers.py).
+Two scenarios:
 
-The same load runs, in the same run and against the same responder, through
+- ``--scenario options`` (default): each connection keeps a window of OPTIONS outstanding
+  (distinct Call-ID and branch); the core answers 200.  Figures per request.
+- ``--scenario calls``: each connection keeps a window of calls in progress.  A call is
+  INVITE with SDP -> 100/180/200 (Contact, Record-Route copied, SDP) from the core ->
+  ACK, an in-dialog MESSAGE (-> 200) and BYE (-> 200), ACK/MESSAGE/BYE sent along the
+  route set the 200 carried.  A call counts only when every final response was 200 and
+  the core saw INVITE, ACK, MESSAGE, BYE for it in that order (the core says what it saw in
+  its answer to the BYE, and keeps its own count, printed beside the client's); anything
+  else is a failure, reported by reason and never counted.  Figures per call; latency is
+  call set-up, INVITE sent -> 200 received.
 
-- sipws (``twistd -n sipws`` with ``[sip] upstream`` the responder), and
-- Kamailio 5.6's websocket module relaying with ``t_relay()`` (stateful, as
-  sipws is) — the reference — and, for context, with stateless ``forward()``
-  (``bench/kamailio/relay.cfg``).
+The same load runs, in the same run and against the same core, through
 
-Measured for each: requests/s, the proxy's CPU seconds per request (utime +
-stime from /proc/PID/stat: the twistd process; every Kamailio process), the
-load generator's and responder's CPU (to see who was the bottleneck), and
-p50/p99 latency per request as the client sees it.  Printed last: the ratios
-sipws / Kamailio t_relay.  Every process the bench starts is stopped by its
-pid, also on error.
+- sipws (``twistd -n sipws``, ``[sip] upstream`` the core, ``[server] workers = N`` with
+  ``--workers N`` > 1), and
+- Kamailio 5.6 (``bench/kamailio/relay.cfg``) doing the same job with ``t_relay()``:
+  Path on REGISTER, double Record-Route on dialog-creating requests, ``loose_route()`` for
+  in-dialog ones; ``children`` and ``tcp_children`` = N (``--kamailio-children``) — the
+  reference — and, for context (options scenario), with stateless ``forward()``.
 
-Run: .venv/bin/python bench/relay.py [--clients 50] [--window 2] [--requests N] [--quick]
-     [--profile FILE]   (run sipws under cProfile and print its top functions)
+Measured for each: requests or calls per second, the proxy's CPU per request or call
+(utime + stime from /proc/PID/stat of every process of the proxy: sipws's master and its
+workers, every Kamailio process), the load generator's and core's CPU (to see who was the
+bottleneck), p50/p99 latency.  Printed last: the ratios sipws / Kamailio t_relay.  Every
+process the bench starts is stopped by its pid, also on error; every wait has a timeout.
+
+``--show`` instead sends one REGISTER and one call through each proxy and prints what the
+core received and what the client got back (the headers each proxy adds).
+
+Run: .venv/bin/python bench/relay.py [--scenario options|calls] [--workers N] [--clients 50]
+     [--window 2] [--requests N | --calls N] [--rounds 3] [--quick] [--profile FILE] [--show]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
-import random
-import resource
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sipload import server_frames  # noqa: E402 - bench/ is not a package
+import _relay_peers  # noqa: E402 - bench/ is not a package
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
-TWISTD = ROOT_DIR / ".venv" / "bin" / "twistd"
+#: The interpreter that runs sipws: this tree's venv when it has one, else the one running the
+#: bench; PYTHONPATH names this tree either way, so the sipws measured is the one beside bench/.
+SIPWS_PYTHON = ROOT_DIR / ".venv" / "bin" / "python"
+#: twistd by its module, so no console script of any venv is needed.
+TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 KAMAILIO_CFG = BENCH_DIR / "kamailio" / "relay.cfg"
 KAMAILIO = "kamailio"
 #: Kamailio's shared and private memory (MB).  tm keeps every finished transaction for its
@@ -60,299 +73,25 @@ KAMAILIO = "kamailio"
 KAMAILIO_SHM_MB = 1024
 KAMAILIO_PKG_MB = 16
 
-#: Defaults: connections, requests outstanding per connection, requests per server.
+#: Defaults: connections, requests or calls in progress per connection, units per server.
 DEFAULT_CLIENTS = 50
 DEFAULT_WINDOW = 2
-DEFAULT_REQUESTS = 20000
-QUICK_REQUESTS = 5000
+DEFAULT_UNITS = {"options": 20000, "calls": 5000}
+QUICK_UNITS = {"options": 5000, "calls": 1500}
 #: Rounds of every proxy, alternated; the best round of each is compared (the machine is shared).
 DEFAULT_ROUNDS = 3
-#: Requests every connection sends before the measured phase (code paths, caches, allocators warm).
-WARMUP_PER_CLIENT = 20
-#: Seconds without a single response before the load generator gives up.
-STALL_TIMEOUT = 10.0
 #: Seconds a server may take to listen, and to exit after SIGTERM.
 START_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 #: Seconds to wait for a line from a child process (warm-up included).
-LINE_TIMEOUT = 60.0
-#: Seconds allowed for one measured phase (the load generator's own limit is the stall timeout).
+LINE_TIMEOUT = 90.0
+#: Seconds allowed for one measured phase (the load generator's own limit is its stall timeout).
 RUN_TIMEOUT = 300.0
-ORIGIN = "https://phone.example.com"
-MAX_DATAGRAM = 65535
-WS_OPCODE_TEXT = 0x1
-WS_OPCODE_BINARY = 0x2
-WS_OPCODE_CLOSE = 0x8
-WS_OPCODE_PING = 0x9
-WS_OPCODE_PONG = 0xA
+#: Seconds after start-up for every worker to be forked before the process tree is read.
+FORK_SETTLE = 0.5
 
 
-# -- the UDP responder ----------------------------------------------------------------
-
-#: Header names (lower case, full and compact) copied from a request into its 200.
-_COPIED = (b"via:", b"v:", b"from:", b"f:", b"call-id:", b"i:", b"cseq:")
-_TO = (b"to:", b"t:")
-
-
-def answer(request: bytes) -> Optional[bytes]:
-    """The 200 OK for one request (None for an ACK or anything that is not a request)."""
-    end = request.find(b"\r\n\r\n")
-    lines = request[:end if end >= 0 else len(request)].split(b"\r\n")
-    if not lines or lines[0].startswith(b"SIP/2.0") or lines[0].startswith(b"ACK "):
-        return None
-    out = [b"SIP/2.0 200 OK"]
-    for line in lines[1:]:
-        lower = line[:9].lower()
-        if lower.startswith(_COPIED):
-            out.append(line)
-        elif lower.startswith(_TO):
-            out.append(line if b";tag=" in line else line + b";tag=responder")
-    out.append(b"Content-Length: 0\r\n\r\n")
-    return b"\r\n".join(out)
-
-
-def run_responder() -> int:
-    """Answer every datagram on 127.0.0.1:0 until killed; prints ``READY PORT``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.bind(("127.0.0.1", 0))
-    print(f"READY {sock.getsockname()[1]}", flush=True)
-    recvfrom, sendto = sock.recvfrom, sock.sendto
-    while True:
-        data, address = recvfrom(MAX_DATAGRAM)
-        reply = answer(data)
-        if reply is not None:
-            try:
-                sendto(reply, address)
-            except OSError:
-                pass  # a full socket buffer: the proxy's retransmission covers it
-
-
-# -- the load generator -----------------------------------------------------------------
-
-
-def _mask(payload: bytes) -> bytes:
-    """A client frame's payload XORed with a fresh 4-byte key, key first (RFC 6455 §5.3)."""
-    key = random.getrandbits(32).to_bytes(4, "big")
-    size = len(payload)
-    stream = (key * ((size >> 2) + 1))[:size]
-    return key + (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(size, "big")
-
-
-def client_frame(payload: bytes, opcode: int = WS_OPCODE_TEXT) -> bytes:
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + _mask(payload)
-
-
-def options(client: int, seq: int, run: str) -> tuple[bytes, bytes]:
-    """(Call-ID, OPTIONS request) for one request of one client."""
-    call_id = f"{run}-{client}-{seq}".encode()
-    request = (
-        f"OPTIONS sip:bench@example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/WS c{client}x{run}.invalid;branch=z9hG4bK{run}{client}x{seq}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"To: <sip:bench@example.com>\r\n"
-        f"From: <sip:load{client}@example.com>;tag=t{run}{client}\r\n"
-        f"Call-ID: {call_id.decode()}\r\n"
-        f"CSeq: {seq} OPTIONS\r\n"
-        f"Accept: application/sdp\r\n"
-        f"User-Agent: sipws-bench\r\n"
-        f"Content-Length: 0\r\n\r\n"
-    ).encode()
-    return call_id, request
-
-
-def _call_id(message: bytes) -> bytes:
-    start = message.find(b"\r\nCall-ID:")
-    if start < 0:
-        lowered = message.lower()
-        start = lowered.find(b"\r\ncall-id:")
-        if start < 0:
-            start = lowered.find(b"\r\ni:")
-            if start < 0:
-                return b""
-            start += 4
-        else:
-            start += 10
-    else:
-        start += 10
-    end = message.find(b"\r\n", start)
-    return message[start:end].strip()
-
-
-@dataclass
-class Shared:
-    """What all connections of one load generator share."""
-
-    remaining: int = 0
-    outstanding: int = 0
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=dict)
-    unknown: int = 0
-    last_progress: float = 0.0
-    done: Optional[asyncio.Future] = None
-    run: str = "w"
-    counter: int = 0
-
-
-class LoadClient(asyncio.Protocol):
-    """One WebSocket connection: upgrade, then OPTIONS with a window of outstanding requests."""
-
-    def __init__(self, index: int, port: int, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
-        self.index = index
-        self.port = port
-        self.shared = shared
-        self.upgraded: asyncio.Future = loop.create_future()
-        self.buffer = b""
-        self.transport: Any = None
-        self.pending: dict[bytes, float] = {}
-        self.seq = 0
-        self.closed = False
-        self.closing = False
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: sip\r\nOrigin: {ORIGIN}\r\nUser-Agent: sipws-bench\r\n\r\n"
-        ).encode())
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.upgraded.done():
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buffer[:end].lower()
-            self.buffer = self.buffer[end + 4:]
-            if head.startswith(b"http/1.1 101") and b"\r\nsec-websocket-protocol: sip" in head:
-                self.upgraded.set_result(None)
-            else:
-                self.upgraded.set_exception(ConnectionError(head.split(b"\r\n")[0].decode()))
-                return
-        self._frames()
-
-    def _frames(self) -> None:
-        frames, used = server_frames(self.buffer)
-        for opcode, payload, masked in frames:
-            if masked:
-                raise SystemExit("server sent a masked frame")
-            if opcode in (WS_OPCODE_TEXT, WS_OPCODE_BINARY):
-                self._message(payload)
-            elif opcode == WS_OPCODE_PING:
-                self.transport.write(client_frame(payload, WS_OPCODE_PONG))
-            elif opcode == WS_OPCODE_CLOSE and not self.closing:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
-                print(f"client {self.index}: server closed ({code} {payload[2:]!r})", file=sys.stderr)
-        self.buffer = self.buffer[used:]
-
-    def _message(self, message: bytes) -> None:
-        shared = self.shared
-        sent = self.pending.pop(_call_id(message), None)
-        if sent is None:
-            shared.unknown += 1
-            return
-        now = time.perf_counter()
-        shared.latencies.append(now - sent)
-        shared.last_progress = now
-        status = message[8:11].decode("ascii", "replace")
-        shared.statuses[status] = shared.statuses.get(status, 0) + 1
-        shared.outstanding -= 1
-        self.send_next()
-        if shared.outstanding == 0 and shared.remaining == 0 and not shared.done.done():
-            shared.done.set_result(None)
-
-    def send_next(self) -> None:
-        shared = self.shared
-        if shared.remaining <= 0 or self.closed:
-            return
-        shared.remaining -= 1
-        shared.outstanding += 1
-        self.seq += 1
-        call_id, request = options(self.index, self.seq, shared.run)
-        self.pending[call_id] = time.perf_counter()
-        self.transport.write(client_frame(request))
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.closed = True
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError("closed before 101"))
-        elif self.pending and not self.closing:
-            print(f"client {self.index}: connection lost with {len(self.pending)} pending", file=sys.stderr)
-
-
-async def _phase(clients: list[LoadClient], shared: Shared, requests: int, window: int, run: str) -> float:
-    loop = asyncio.get_running_loop()
-    shared.remaining = requests
-    shared.outstanding = 0
-    shared.latencies = []
-    shared.statuses = {}
-    shared.run = run
-    shared.done = loop.create_future()
-    started = shared.last_progress = time.perf_counter()
-    for _ in range(window):
-        for client in clients:
-            client.send_next()
-    while not shared.done.done():
-        try:
-            await asyncio.wait_for(asyncio.shield(shared.done), 1.0)
-        except asyncio.TimeoutError:
-            if time.perf_counter() - shared.last_progress > STALL_TIMEOUT:
-                raise SystemExit(f"no response for {STALL_TIMEOUT:.0f}s: {shared.outstanding} outstanding, "
-                                 f"{shared.remaining} not sent, statuses {shared.statuses}")
-    return time.perf_counter() - started
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-async def run_load(port: int, count: int, requests: int, window: int) -> None:
-    loop = asyncio.get_running_loop()
-    shared = Shared()
-    clients = []
-    for index in range(count):
-        client = LoadClient(index, port, shared, loop)
-        await loop.create_connection(lambda c=client: c, "127.0.0.1", port)
-        await asyncio.wait_for(client.upgraded, STEP_TIMEOUT)
-        client.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        clients.append(client)
-    await _phase(clients, shared, WARMUP_PER_CLIENT * count, window, "w")
-    print("READY", flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    elapsed = await _phase(clients, shared, requests, window, "m")
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    latencies = shared.latencies
-    print(json.dumps({
-        "requests": len(latencies), "seconds": elapsed, "statuses": shared.statuses,
-        "unknown_responses": shared.unknown, "p50_ms": _percentile(latencies, 0.50) * 1e3,
-        "p99_ms": _percentile(latencies, 0.99) * 1e3, "max_ms": max(latencies) * 1e3,
-        "load_cpu": cpu,
-    }), flush=True)
-    for client in clients:
-        client.closing = True
-        client.transport.write(client_frame(struct.pack("!H", 1000), WS_OPCODE_CLOSE))
-    await asyncio.sleep(0.2)
-    for client in clients:
-        client.transport.abort()
-
-
-#: Seconds one connection may take to open and upgrade.
-STEP_TIMEOUT = 10.0
-
-
-# -- the orchestrator -----------------------------------------------------------------
+# -- processes ---------------------------------------------------------------------------
 
 
 def cpu_seconds(pid: int) -> float:
@@ -366,7 +105,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (Kamailio's main forks all its workers)."""
+    """``pid`` and every process below it, by the ppid in /proc/*/stat (Kamailio's main forks
+    all its workers; sipws's master its worker processes)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -385,11 +125,60 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on the UDP sockets these processes
+    hold, since each socket was opened (the ``drops`` column of /proc/net/udp, udp6)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                total += int(fields[12])
+    return total
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A loopback port free right now (the server binds it a moment later)."""
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a Python child: this tree first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT_DIR), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def sipws_python() -> str:
+    return str(SIPWS_PYTHON) if SIPWS_PYTHON.exists() else sys.executable
 
 
 class Process:
@@ -398,11 +187,12 @@ class Process:
     def __init__(self, name: str, args: list[str], log: Optional[Path] = None, lines: bool = False) -> None:
         self.name = name
         self.log = log
-        # line-driven children (responder, load generator) keep our stderr for their complaints
+        # line-driven children (core, load generator) keep our stderr for their complaints
         out = subprocess.PIPE if lines else open(log, "wb") if log else subprocess.DEVNULL
         err = None if lines else subprocess.STDOUT
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if lines else subprocess.DEVNULL,
-                                     stdout=out, stderr=err, cwd=str(ROOT_DIR), text=lines, bufsize=1 if lines else -1)
+                                     stdout=out, stderr=err, cwd=str(ROOT_DIR), text=lines, bufsize=1 if lines else -1,
+                                     env=python_env())
         self.pids: list[int] = [self.proc.pid]
 
     @property
@@ -423,12 +213,21 @@ class Process:
             raise RuntimeError(f"{self.name} exited ({self.proc.returncode}){self.tail()}")
         return line.strip()
 
+    def ask(self, command: str, timeout: float = LINE_TIMEOUT) -> str:
+        self.send(command)
+        return self.line(timeout)
+
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
+    def refresh_pids(self) -> None:
+        """Every process of this server now (workers forked since start-up included)."""
+        if self.alive():
+            self.pids = list(dict.fromkeys(self.pids + descendants(self.pid)))
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in self.pids}
 
     def tail(self, lines: int = 15) -> str:
         if self.log is None or not self.log.exists():
@@ -438,6 +237,7 @@ class Process:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after the grace period; leftover children by their pids."""
+        self.refresh_pids()
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -455,6 +255,11 @@ class Process:
                 pipe.close()
 
 
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings (a process born in between counts from zero)."""
+    return sum(after[pid] - before.get(pid, 0.0) for pid in after if after[pid])
+
+
 def wait_listening(process: Process, port: int) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -468,25 +273,38 @@ def wait_listening(process: Process, port: int) -> None:
     raise RuntimeError(f"{process.name}: nothing listening on {port} after {START_TIMEOUT:.0f}s{process.tail()}")
 
 
-def start_sipws(workdir: Path, upstream: int, profile: str) -> tuple[Process, int]:
+def sipws_config(ws_port: int, upstream: int, workers: int, log_level: str = "warn") -> str:
+    """sipws's TOML for the bench: ``[server] workers`` only when more than one (a sipws
+    without workers refuses the key)."""
+    text = ""
+    if workers > 1:
+        text += f"[server]\nworkers = {workers}\n\n"
+    text += f'[ws]\nlisten = ["127.0.0.1:{ws_port}"]\n\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+    if upstream:
+        text += f'upstream = "sip:127.0.0.1:{upstream};transport=udp"\n'
+    text += f'\n[admin]\nlisten = ""\n\n[log]\nlevel = "{log_level}"\n'
+    return text
+
+
+def start_sipws(workdir: Path, upstream: int, profile: str = "", workers: int = 1,
+                log_level: str = "warn") -> tuple[Process, int]:
     ws_port = free_port()
     workdir.mkdir(parents=True)
     config = workdir / "sipws.toml"
-    config.write_text(
-        f'[ws]\nlisten = ["127.0.0.1:{ws_port}"]\n\n'
-        f'[sip]\nlisten = ["udp:127.0.0.1:0"]\nupstream = "sip:127.0.0.1:{upstream};transport=udp"\n\n'
-        f'[admin]\nlisten = ""\n\n[log]\nlevel = "warn"\n'
-    )
-    args = [str(TWISTD), "-n", "--pidfile=", "--logfile=-"]
+    config.write_text(sipws_config(ws_port, upstream, workers, log_level))
+    args = [sipws_python(), *TWISTD, "-n", "--pidfile=", "--logfile=-"]
     if profile:
         args += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
     args += ["sipws", "--config", str(config)]
-    process = Process("sipws", args, workdir / "sipws.log")
+    name = "sipws" if workers == 1 else f"sipws ({workers} workers)"
+    process = Process(name, args, workdir / "sipws.log")
     wait_listening(process, ws_port)
+    time.sleep(FORK_SETTLE)
+    process.refresh_pids()
     return process, ws_port
 
 
-def start_kamailio(workdir: Path, upstream: int, stateless: bool) -> tuple[Process, int]:
+def start_kamailio(workdir: Path, upstream: int, stateless: bool, children: int) -> tuple[Process, int]:
     ws_port = free_port()
     udp_port = free_port(socket.SOCK_DGRAM)
     run = workdir
@@ -494,20 +312,25 @@ def start_kamailio(workdir: Path, upstream: int, stateless: bool) -> tuple[Proce
     args = [KAMAILIO, "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), "-P", str(run / "kamailio.pid"),
             "-w", str(run), "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB),
             "-l", f"udp:127.0.0.1:{udp_port}", "-l", f"tcp:127.0.0.1:{ws_port}",
-            "-A", f'UPSTREAM="sip:127.0.0.1:{upstream};transport=udp"']
+            "-A", f'UPSTREAM="sip:127.0.0.1:{upstream};transport=udp"', "-A", f"CHILDREN={children}"]
     if stateless:
         args += ["-A", "STATELESS"]
     process = Process("kamailio" + (" (forward)" if stateless else ""), args, run / "kamailio.log")
     wait_listening(process, ws_port)
-    time.sleep(0.5)  # every worker forked
-    process.pids = descendants(process.pid)
+    time.sleep(FORK_SETTLE)  # every worker forked
+    process.refresh_pids()
     return process, ws_port
+
+
+# -- one measured run ------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
     name: str
-    requests: int
+    scenario: str
+    completed: int
+    attempted: int
     seconds: float
     server_cpu: float
     responder_cpu: float
@@ -516,54 +339,110 @@ class Result:
     p99_ms: float
     max_ms: float
     statuses: dict[str, int]
+    failures: dict[str, int]
+    notes: dict[str, int]
     processes: int
+    core: dict = field(default_factory=dict)
+    server_drops: int = 0
+    core_drops: int = 0
+    #: CPU seconds of each process of the proxy over the phase, the one the bench started first
+    by_process: list[float] = field(default_factory=list)
+    #: cores in use on the whole machine during the phase (ours and everybody else's)
+    machine_cores: float = 0.0
+
+    @property
+    def unit(self) -> str:
+        return "call" if self.scenario == "calls" else "req"
 
     @property
     def rate(self) -> float:
-        return self.requests / self.seconds
+        return self.completed / self.seconds
 
     @property
     def cpu_us(self) -> float:
-        return self.server_cpu / self.requests * 1e6
+        return self.server_cpu / max(self.completed, 1) * 1e6
+
+
+def load_command(scenario: str, port: int, args: argparse.Namespace) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--load", str(port), "--scenario", scenario,
+            "--clients", str(args.clients), "--window", str(args.window), "--units", str(args.units)]
 
 
 def drive(name: str, server: Process, port: int, responder: Process, args: argparse.Namespace,
           processes: list[Process]) -> Result:
-    """Connect the clients, warm up, then measure one phase of ``args.requests`` requests."""
-    load = Process(f"load generator ({name})", [sys.executable, str(Path(__file__).resolve()), "--load",
-                                                 str(port), "--clients", str(args.clients), "--window",
-                                                 str(args.window), "--requests", str(args.requests)],
-                   lines=True)
+    """Connect the clients, warm up, then measure one phase of ``args.units`` requests or calls."""
+    load = Process(f"load generator ({name})", load_command(args.scenario, port, args), lines=True)
     processes.append(load)
     try:
         ready = load.line()
         if ready != "READY":
             raise RuntimeError(f"load generator: {ready!r}")
-        server_before, responder_before = server.cpu(), responder.cpu()
+        responder.ask("stats")  # the warm-up's record is dropped
+        server.refresh_pids()
+        drops_before = udp_drops(server.pids), udp_drops(responder.pids)
+        server_before, responder_before = server.cpu_by_pid(), responder.cpu_by_pid()
+        machine_before = machine_jiffies()
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
-        server_cpu, responder_cpu = server.cpu() - server_before, responder.cpu() - responder_before
+        machine_after = machine_jiffies()
+        machine = ((machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1)
+                   * (os.cpu_count() or 1))
+        server.refresh_pids()
+        server_after = server.cpu_by_pid()
+        server_cpu = cpu_between(server_before, server_after)
+        by_process = [server_after[pid] - server_before.get(pid, 0.0) for pid in server.pids if server_after[pid]]
+        responder_cpu = cpu_between(responder_before, responder.cpu_by_pid())
+        drops = udp_drops(server.pids) - drops_before[0], udp_drops(responder.pids) - drops_before[1]
+        core = json.loads(responder.ask("stats")) if args.scenario == "calls" else {}
         load.proc.wait(STOP_GRACE)
     finally:
         load.stop()
-    return Result(name, report["requests"], report["seconds"], server_cpu, responder_cpu, report["load_cpu"],
-                  report["p50_ms"], report["p99_ms"], report["max_ms"], report["statuses"], len(server.pids))
+    return Result(name, args.scenario, report["completed"], report["attempted"], report["seconds"], server_cpu,
+                  responder_cpu, report["load_cpu"], report["p50_ms"], report["p99_ms"], report["max_ms"],
+                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process, machine)
 
 
 def print_result(result: Result) -> None:
-    statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items()))
-    print(f"  {result.name:<22} {result.rate:8.0f} req/s  {result.cpu_us:7.1f} us CPU/req "
+    what = "calls/s" if result.scenario == "calls" else "req/s"
+    latency = "set-up " if result.scenario == "calls" else ""
+    print(f"  {result.name:<24} {result.rate:8.0f} {what:<7} {result.cpu_us:7.1f} us CPU/{result.unit} "
           f"({result.server_cpu / result.seconds:4.2f} cores, {result.processes} process"
-          f"{'es' if result.processes > 1 else ''})  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-          f"max {result.max_ms:6.1f} ms")
-    print(f"  {'':<22} load generator {result.load_cpu / result.seconds:4.2f} cores, responder "
-          f"{result.responder_cpu / result.seconds:4.2f} cores; responses: {statuses}")
+          f"{'es' if result.processes > 1 else ''})  {latency}p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+          f"  max {result.max_ms:6.1f} ms")
+    statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items()))
+    print(f"  {'':<24} whole machine {result.machine_cores:4.2f} of {os.cpu_count()} cores; "
+          f"load generator {result.load_cpu / result.seconds:4.2f} cores, core "
+          f"{result.responder_cpu / result.seconds:4.2f} cores; UDP datagrams dropped: at the proxy "
+          f"{result.server_drops}, at the core {result.core_drops}; final responses: {statuses}")
+    if result.name.startswith("sipws") and len(result.by_process) > 1:
+        shares = ", ".join(f"{cpu / result.seconds:4.2f}" for cpu in result.by_process)
+        print(f"  {'':<24} cores by process (master first): {shares}")
+    failed = sum(result.failures.values())
+    counted = f"{result.completed} of {result.attempted} {result.unit}s counted"
+    if failed:
+        reasons = "; ".join(f"{count} x {reason}" for reason, count in sorted(result.failures.items()))
+        counted += f", {failed} FAILED ({reasons})"
+    if result.scenario == "calls":
+        core = result.core
+        counted += (f"; the core saw {core.get('in_order', 0)} calls complete in order, "
+                    f"{core.get('out_of_order', 0)} out of order, {core.get('open', 0)} left open")
+        if core.get("retransmissions") or core.get("resent_2xx"):
+            counted += (f"; the core got {core.get('retransmissions', 0)} retransmitted requests and resent "
+                        f"{core.get('resent_2xx', 0)} 2xx (no ACK in time)")
+        if core.get("route_left"):
+            counted += f", {core['route_left']} in-dialog requests still carrying a Route"
+        if core.get("bad_examples"):
+            counted += f" (e.g. {core['bad_examples'][0]})"
+    print(f"  {'':<24} {counted}")
+    if result.notes:
+        notes = "; ".join(f"{count} x {note}" for note, count in sorted(result.notes.items()))
+        print(f"  {'':<24} notes: {notes}")
 
 
 def print_profile(path: str, limit: int = 25) -> None:
     import pstats
 
-    print(f"\nsipws profile ({path}), top {limit} by own time:")
+    print(f"\nsipws profile ({path}, the master process only), top {limit} by own time:")
     stats = pstats.Stats(path)
     stats.sort_stats("tottime").print_stats(limit)
 
@@ -589,35 +468,66 @@ def complaints(name: str, log: Optional[Path], upto: int) -> list[str]:
 
 
 def best(results: list[Result], name: str) -> Result:
-    """The round of ``name`` with the least server CPU per request."""
+    """The round of ``name`` with the least server CPU per request or call."""
     return min((r for r in results if r.name == name), key=lambda r: r.cpu_us)
+
+
+def paired_line(label: str, results: list[Result], ours: str, theirs: str) -> str:
+    """Ratios round by round (each proxy against the other's run next to it in time, so the
+    same neighbours' load), and their median: steadier than best against best on a busy machine."""
+    pairs = list(zip([r for r in results if r.name == ours], [r for r in results if r.name == theirs]))
+    metrics = {"throughput": lambda a, b: a.rate / b.rate, f"CPU per {pairs[0][0].unit}": lambda a, b: a.cpu_us / b.cpu_us,
+               "p50": lambda a, b: a.p50_ms / b.p50_ms, "p99": lambda a, b: a.p99_ms / b.p99_ms}
+    parts = []
+    for metric, ratio in metrics.items():
+        values = sorted(ratio(a, b) for a, b in pairs)
+        median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        parts.append(f"{metric} {median:.2f} ({', '.join(f'{ratio(a, b):.2f}' for a, b in pairs)})")
+    return f"  median of round-by-round ratios {label}: " + ", ".join(parts)
+
+
+def ratio_line(label: str, ours: Result, theirs: Result) -> str:
+    return (f"  ratio {label}: throughput {ours.rate / theirs.rate:.2f}, CPU per {ours.unit} "
+            f"{ours.cpu_us / theirs.cpu_us:.2f}, p50 {ours.p50_ms / theirs.p50_ms:.2f}, "
+            f"p99 {ours.p99_ms / theirs.p99_ms:.2f}")
+
+
+def start_server(kind: str, workdir: Path, upstream: int, args: argparse.Namespace,
+                 profile: str = "") -> tuple[Process, int]:
+    if kind == "sipws":
+        return start_sipws(workdir, upstream, profile, args.workers)
+    return start_kamailio(workdir, upstream, kind == "forward", args.kamailio_children)
 
 
 def bench(args: argparse.Namespace) -> int:
     processes: list[Process] = []
     results: list[Result] = []
-    runs = [("sipws", None), ("kamailio t_relay", False)]
+    sipws_name = "sipws" if args.workers == 1 else f"sipws ({args.workers} workers)"
+    runs = [(sipws_name, "sipws"), ("kamailio t_relay", "t_relay")]
     if not args.no_stateless:
-        runs.append(("kamailio forward", True))
+        runs.append(("kamailio forward", "forward"))
+    if args.only:
+        runs = [run for run in runs if run[1] == args.only]
+    failed_units = 0
     with tempfile.TemporaryDirectory(prefix="sipws-bench-relay-") as tmp:
         workdir = Path(tmp)
         try:
-            responder = Process("responder", [sys.executable, str(Path(__file__).resolve()), "--responder"],
-                                lines=True)
+            responder = Process("core", [sys.executable, str(Path(__file__).resolve()), "--responder"], lines=True)
             processes.append(responder)
             upstream = int(responder.line().split()[1])
-            print(f"relay: {args.clients} WebSocket clients x {args.window} outstanding OPTIONS, "
-                  f"{args.requests} measured requests per proxy and round (after "
-                  f"{WARMUP_PER_CLIENT * args.clients} warm-up), {args.rounds} round(s), "
-                  f"UDP responder on 127.0.0.1:{upstream}; {os.cpu_count()} CPUs", flush=True)
+            unit = "calls (INVITE+SDP/100/180/200, ACK, MESSAGE/200, BYE/200)" if args.scenario == "calls" \
+                else "OPTIONS"
+            warmup = (_relay_peers.WARMUP_CALLS_PER_CLIENT if args.scenario == "calls"
+                      else _relay_peers.WARMUP_OPTIONS_PER_CLIENT) * args.clients
+            print(f"relay, {args.scenario}: {args.clients} WebSocket clients x {args.window} {unit} in progress, "
+                  f"{args.units} measured per proxy and round (after {warmup} warm-up), {args.rounds} round(s); "
+                  f"sipws workers {args.workers}, kamailio children = tcp_children = {args.kamailio_children}; "
+                  f"UDP core on 127.0.0.1:{upstream}; {os.cpu_count()} CPUs, load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             for round_number in range(args.rounds):
-                for name, stateless in runs:
-                    profile = args.profile if round_number == 0 else ""
-                    if stateless is None:
-                        server, port = start_sipws(workdir / f"sipws-{round_number}", upstream, profile)
-                    else:
-                        server, port = start_kamailio(workdir / f"kamailio-{name.split()[-1]}-{round_number}", upstream,
-                                                      stateless)
+                for name, kind in runs:
+                    profile = args.profile if round_number == 0 and kind == "sipws" else ""
+                    server, port = start_server(kind, workdir / f"{kind}-{round_number}", upstream, args, profile)
                     processes.append(server)
                     try:
                         result = drive(name, server, port, responder, args, processes)
@@ -625,58 +535,129 @@ def bench(args: argparse.Namespace) -> int:
                     finally:
                         server.stop()
                     results.append(result)
+                    failed_units += sum(result.failures.values())
                     print_result(result)
                     logged = complaints(name, server.log, logged_upto)
                     if logged:
-                        print(f"  {'':<22} {name} logged {len(logged)} line(s); first: {logged[0][:200]}")
+                        print(f"  {'':<24} {name} logged {len(logged)} line(s); first: {logged[0][:200]}")
+                    sys.stdout.flush()
         except Exception as exc:
             print(f"relay bench failed: {exc}", file=sys.stderr)
             return 1
         finally:
             for process in reversed(processes):
                 process.stop()
-    sipws, kamailio = best(results, "sipws"), best(results, "kamailio t_relay")
-    print(f"best of {args.rounds}: sipws {sipws.rate:.0f} req/s, {sipws.cpu_us:.0f} us CPU/req; kamailio t_relay "
-          f"{kamailio.rate:.0f} req/s, {kamailio.cpu_us:.0f} us CPU/req")
-    print(f"  ratio sipws / kamailio t_relay: throughput {sipws.rate / kamailio.rate:.2f}, "
-          f"CPU per request {sipws.cpu_us / kamailio.cpu_us:.2f}, p50 {sipws.p50_ms / kamailio.p50_ms:.2f}, "
-          f"p99 {sipws.p99_ms / kamailio.p99_ms:.2f}")
+    if args.only:
+        if args.profile and args.only == "sipws":
+            print_profile(args.profile)
+        return 0
+    sipws, kamailio = best(results, sipws_name), best(results, "kamailio t_relay")
+    what = "calls/s" if args.scenario == "calls" else "req/s"
+    print(f"best of {args.rounds}: {sipws_name} {sipws.rate:.0f} {what}, {sipws.cpu_us:.0f} us CPU/{sipws.unit}; "
+          f"kamailio t_relay {kamailio.rate:.0f} {what}, {kamailio.cpu_us:.0f} us CPU/{kamailio.unit}")
+    print(ratio_line(f"{sipws_name} / kamailio t_relay", sipws, kamailio))
     if not args.no_stateless:
-        stateless = best(results, "kamailio forward")
-        print(f"  ratio sipws / kamailio forward:  throughput {sipws.rate / stateless.rate:.2f}, "
-              f"CPU per request {sipws.cpu_us / stateless.cpu_us:.2f}, p50 {sipws.p50_ms / stateless.p50_ms:.2f}, "
-              f"p99 {sipws.p99_ms / stateless.p99_ms:.2f}")
+        print(ratio_line(f"{sipws_name} / kamailio forward ", sipws, best(results, "kamailio forward")))
+    print(paired_line(f"{sipws_name} / kamailio t_relay", results, sipws_name, "kamailio t_relay"))
+    if failed_units:
+        print(f"  {failed_units} {sipws.unit}s FAILED over the run (not counted in any figure above)")
     if args.profile:
         print_profile(args.profile)
     return 0
 
 
+# -- --show: the headers each proxy adds -------------------------------------------------------
+
+
+def show(args: argparse.Namespace) -> int:
+    """One REGISTER and one call through each proxy; what the core received, what came back."""
+    processes: list[Process] = []
+    with tempfile.TemporaryDirectory(prefix="sipws-bench-relay-show-") as tmp:
+        workdir = Path(tmp)
+        try:
+            responder = Process("core", [sys.executable, str(Path(__file__).resolve()), "--responder"], lines=True)
+            processes.append(responder)
+            upstream = int(responder.line().split()[1])
+            for kind in ("sipws", "t_relay"):
+                server, port = start_server(kind, workdir / kind, upstream, args)
+                processes.append(server)
+                try:
+                    responder.ask("samples")
+                    load = Process("show client", [sys.executable, str(Path(__file__).resolve()), "--show-client",
+                                                   str(port)], lines=True)
+                    processes.append(load)
+                    report = json.loads(load.line())
+                    load.stop()
+                    samples = json.loads(responder.ask("samples"))
+                finally:
+                    server.stop()
+                title = "sipws" if kind == "sipws" else "kamailio (bench/kamailio/relay.cfg)"
+                print(f"===== {title}: call completed {report['completed']}, failures {report['failures']}")
+                for method in ("REGISTER", "INVITE", "ACK", "MESSAGE", "BYE"):
+                    print(f"--- the core received {method}:\n{samples.get(method, '(nothing)').rstrip()}\n")
+                for message in report["received"]:
+                    first = message.split("\r\n", 1)[0]
+                    if " 200 " in first + " " and ("INVITE" in message.split("CSeq:")[-1].split("\r\n")[0]
+                                                  or "REGISTER" in message.split("CSeq:")[-1].split("\r\n")[0]):
+                        print(f"--- the client received:\n{message.rstrip()}\n")
+        except Exception as exc:
+            print(f"relay --show failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for process in reversed(processes):
+                process.stop()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["options", "calls"], default="options")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="sipws worker processes ([server] workers, written only when > 1)")
+    parser.add_argument("--kamailio-children", type=int, default=None,
+                        help="Kamailio children and tcp_children (default: --workers)")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="WebSocket connections")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="requests outstanding per connection")
-    parser.add_argument("--requests", type=int, default=None, help="measured requests per proxy")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help="requests or calls in progress per connection")
+    parser.add_argument("--requests", type=int, default=None, help="measured OPTIONS per proxy and round")
+    parser.add_argument("--calls", type=int, default=None, help="measured calls per proxy and round")
     parser.add_argument("--rounds", type=int, default=None, help=f"rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_REQUESTS} requests, one round, no stateless Kamailio run")
+                        help=f"{QUICK_UNITS['options']} requests or {QUICK_UNITS['calls']} calls, one round, "
+                             f"no stateless Kamailio run")
     parser.add_argument("--no-stateless", action="store_true", help="skip the Kamailio forward() run")
     parser.add_argument("--profile", default="", help="run sipws under cProfile, stats to this file")
+    parser.add_argument("--only", choices=["sipws", "t_relay", "forward"], default="",
+                        help="measure one proxy only (no ratios)")
+    parser.add_argument("--show", action="store_true",
+                        help="one REGISTER and one call through each proxy: print the headers they add")
     parser.add_argument("--responder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--units", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--show-client", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.requests is None:
-        args.requests = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
+    if args.responder:
+        return _relay_peers.run_responder()
+    if args.load:
+        asyncio.run(_relay_peers.run_load(args.scenario, args.load, args.clients, args.units, args.window))
+        return 0
+    if args.show_client:
+        asyncio.run(_relay_peers.run_show(args.show_client))
+        return 0
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.kamailio_children is None:
+        args.kamailio_children = args.workers
+    given = args.calls if args.scenario == "calls" else args.requests
+    args.units = given or (QUICK_UNITS if args.quick else DEFAULT_UNITS)[args.scenario]
     if args.rounds is None:
         args.rounds = 1 if args.quick else DEFAULT_ROUNDS
-    if args.quick:
-        args.no_stateless = True
+    if args.quick or args.scenario == "calls":
+        args.no_stateless = True  # forward() cannot follow the calls' in-dialog requests statefully
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
-    if args.responder:
-        return run_responder()
-    if args.load:
-        asyncio.run(run_load(args.load, args.clients, args.requests, args.window))
-        return 0
+    if args.show:
+        return show(args)
     return bench(args)
 
 

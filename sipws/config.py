@@ -87,6 +87,11 @@ class WsConfig:
     send_timeout: float = 10.0
     max_msg_chunks: int = 16
     max_message_size: int = 65535
+    # permessage-deflate (RFC 7692), docs/websocket.md "Compression"
+    compression: bool = False
+    compression_max_window_bits: int = 12
+    compression_no_context_takeover: bool = True
+    compression_mem_level: int = 5
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,10 @@ class WssConfig:
     send_timeout: float = 10.0
     max_msg_chunks: int = 16
     max_message_size: int = 65535
+    compression: bool = False
+    compression_max_window_bits: int = 12
+    compression_no_context_takeover: bool = True
+    compression_mem_level: int = 5
     certificate: str = ""
     private_key: str = ""
     ca_list: str = ""
@@ -551,6 +560,13 @@ def resolve_callable(key: str, ref: str) -> Callable[..., Any]:
     return target
 
 
+def _window_bits(key: str, value: Any) -> int:
+    """9..15: RFC 7692 allows 8, but zlib cannot compress raw deflate with an 8-bit window."""
+    if value == 8 and not isinstance(value, bool):
+        raise ConfigError(key, "must be 9..15, got 8 (RFC 7692 allows 8, zlib cannot compress with it)")
+    return _int_range(9, 15)(key, value)
+
+
 # --------------------------------------------------------------------------
 # Schema: section -> key -> checker.  A checker taking three arguments also
 # sees the raw section (for defaults such as `port`).
@@ -581,6 +597,10 @@ _COMMON_WS = {
     "send_timeout": _positive_float,
     "max_msg_chunks": _int_range(1, 65535),
     "max_message_size": _int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
+    "compression": _bool,
+    "compression_max_window_bits": _window_bits,
+    "compression_no_context_takeover": _bool,
+    "compression_mem_level": _int_range(1, 9),
 }
 
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {

@@ -47,6 +47,7 @@ class ConnectionRecord:
         "remote",
         "state",
         "subprotocol",
+        "extensions",
         "created",
         "last_used",
         "awaiting_pong",
@@ -78,6 +79,8 @@ class ConnectionRecord:
         self.remote = remote
         self.state = CONNECTING
         self.subprotocol = ""
+        #: Negotiated extensions as in the 101's Sec-WebSocket-Extensions ("" = none).
+        self.extensions = ""
         self.created = now
         self.last_used = now
         self.awaiting_pong = False
@@ -106,6 +109,7 @@ class ConnectionRecord:
             "remote": _fmt(self.remote),
             "state": self.state,
             "subprotocol": self.subprotocol,
+            "extensions": self.extensions,
             "resource": self.resource,
             "age": round(now - self.created, 3),
             "idle": round(now - self.last_used, 3),

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from sipws.config import ConfigError
 from sipws.errors import SipwsError
-from sipws.transport import handshake
+from sipws.transport import deflate, handshake
 from sipws.transport.connections import CLIENT, OPEN
 from sipws.transport.ws_common import ClosedHook, SipWebSocketMixin, protocol_options, wait_until_gone
 
@@ -141,6 +141,7 @@ class SipClientProtocol(SipWebSocketMixin, WebSocketClientProtocol):
         root = self.factory.root
         record.state = OPEN
         record.subprotocol = self.websocket_protocol_in_use or ""
+        deflate.adopt_client(self)
         root.stats.incr("ws.handshakes_ok")
         root.stats.incr("ws.client_connects_ok")
         request, response = self.http_request_data, self.http_response_data
@@ -184,7 +185,13 @@ class SipClientFactory(WebSocketClientFactory):
         self.send_timeout = section.send_timeout
         self.sweeper = root.ws_server.sweeper if hasattr(root, "ws_server") else _NoSweeper()
         timeout = section.handshake_timeout + (config.wss.tls_handshake_timeout if target.secure else 0.0)
-        self.setProtocolOptions(version=13, perMessageCompressionOffers=[], **protocol_options(section, timeout))
+        self.deflate = deflate.DeflateSettings.from_section(section)
+        self.setProtocolOptions(
+            version=13,
+            perMessageCompressionOffers=[deflate.client_offer(self.deflate)] if self.deflate.enabled else [],
+            perMessageCompressionAccept=deflate.ClientAccept(self.deflate, target.url),
+            **protocol_options(section, timeout),
+        )
         self.fire_closed = client.fire_closed
 
 

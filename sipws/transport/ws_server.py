@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
 from sipws.errors import StartupError
-from sipws.transport import handshake
+from sipws.transport import deflate, handshake
 from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
 from sipws.transport.static_files import StaticFiles
@@ -195,7 +195,11 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         super().onOpenHandshakeTimeout()
 
     def onConnect(self, request: Any) -> tuple[str, dict[str, str]]:
-        return handshake.SUBPROTOCOL, handshake.accept_headers(self._request, self.factory.policy)
+        headers = handshake.accept_headers(self._request, self.factory.policy)
+        extension = deflate.negotiate_server(self)  # permessage-deflate, when on
+        if extension:
+            headers["Sec-WebSocket-Extensions"] = extension
+        return handshake.SUBPROTOCOL, headers
 
     def onOpen(self) -> None:
         record = self.record
@@ -259,6 +263,7 @@ class SipServerFactory(WebSocketServerFactory):
         self.sweeper = sweeper
         self.max_msg_chunks = section.max_msg_chunks
         self.send_timeout = section.send_timeout
+        self.deflate = deflate.DeflateSettings.from_section(section)
         #: The listeners' (host, port), one tuple shared by their connections' records.
         self.local_addresses: dict[tuple[str, int], tuple[str, int]] = {}
         #: [ws]/[wss] max_connections (0 = no cap) and the open connections it counts.
@@ -279,7 +284,7 @@ class SipServerFactory(WebSocketServerFactory):
             requireMaskedClientFrames=True,
             allowedOrigins=["*"],
             allowNullOrigin=True,  # the policy in handshake.py decides
-            perMessageCompressionAccept=lambda offers: None,
+            perMessageCompressionAccept=lambda offers: None,  # deflate.negotiate_server decides
             **protocol_options(section, timeout),
         )
         self.protocol = protocol_class_with_options(SipServerProtocol, self)

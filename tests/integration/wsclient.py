@@ -109,6 +109,7 @@ class RawWs:
         elif length == 127:
             (length,) = struct.unpack("!Q", self._read(8))
         assert not second & 0x80, "server frames must not be masked"
+        self.last_rsv = (first >> 4) & 0x7  # RSV1 = 4: a compressed message (RFC 7692)
         return bool(first & 0x80), first & 0x0F, self._read(length)
 
     def read_data(self) -> tuple[int, bytes]:
