@@ -34,7 +34,7 @@ Kamailio for memory and CPU, and sipws against the issue's budget (8 KB per conn
 Run (as root for N over the hard limit; with ``uptime`` load low):
   python bench/idle_connections.py                          # 100,000 connections, 2 generators
   python bench/idle_connections.py --connections 20000 --no-kamailio
-  python bench/idle_connections.py --compression            # sets [ws] compression = true
+  python bench/idle_connections.py --compression            # [ws] compression = true, offered by the clients
   python bench/idle_connections.py --generate ...           # (internal) one load generator
 """
 
@@ -105,11 +105,16 @@ NICE = 5
 HANDSHAKE, OPEN_STATE = 0, 1
 
 
-def _upgrade_request(port: int) -> bytes:
+#: The offer browsers make (Chromium), sent with --compression.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def _upgrade_request(port: int, deflate: bool = False) -> bytes:
+    offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
     return (
         f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: sip\r\nOrigin: {ORIGIN}\r\nUser-Agent: sipws-bench\r\n\r\n"
+        f"Sec-WebSocket-Protocol: sip\r\nOrigin: {ORIGIN}\r\nUser-Agent: sipws-bench\r\n{offer}\r\n"
     ).encode()
 
 
@@ -121,10 +126,12 @@ def pong_frame(payload: bytes) -> bytes:
 class Generator:
     """Opens connections with raw sockets on one epoll; answers Pings; counts."""
 
-    def __init__(self, host: str, port: int, sources: list[str]) -> None:
+    def __init__(self, host: str, port: int, sources: list[str], deflate: bool = False) -> None:
         self.address = (host, port)
         self.sources = sources
-        self.request = _upgrade_request(port)
+        self.request = _upgrade_request(port, deflate)
+        #: 101s that accepted permessage-deflate.
+        self.deflated = 0
         self.epoll = __import__("select").epoll()
         self.conns: dict[int, list[Any]] = {}  # fd -> [socket, state, buffer]
         self.next_source = 0
@@ -221,6 +228,8 @@ class Generator:
                 return self._fail(fd, buf[:end].split(b"\r\n")[0].decode(errors="replace"))
             entry[1] = OPEN_STATE
             self.opened += 1
+            if b"\r\nsec-websocket-extensions: permessage-deflate" in head:
+                self.deflated += 1
             self.handshaking -= 1
             buf = buf[end + 4:]
         entry[2] = self._frames(fd, sock, buf)
@@ -289,19 +298,19 @@ def generate(args: argparse.Namespace) -> int:
     if limit < args.count + GENERATOR_SPARE_FILES:
         print(f"ERROR open-file limit {limit} too low for {args.count} connections", flush=True)
         return 1
-    gen = Generator(args.host, args.port, args.sources.split(","))
+    gen = Generator(args.host, args.port, args.sources.split(","), args.deflate)
     deadline = time.monotonic() + OPEN_TIMEOUT
     if args.warmup:
         gen.open_many(args.warmup, deadline)
         gen.reset_all()
-        gen.opened = gen.failed = 0
+        gen.opened = gen.failed = gen.deflated = 0
     print("WARM", flush=True)
     if not sys.stdin.readline():
         return 0
     began = time.monotonic()
     gen.open_many(args.count, deadline)
     print(f"OPEN ok={gen.opened} failed={gen.failed} seconds={time.monotonic() - began:.1f} "
-          f"error={gen.first_error!r}", flush=True)
+          f"deflated={gen.deflated} error={gen.first_error!r}", flush=True)
     gen.serve(sys.stdin.fileno())
     gen.reset_all()
     return 0
@@ -393,7 +402,7 @@ def start_kamailio(workdir: Path, connections: int) -> tuple[Any, int]:
     return process, ws_port
 
 
-def start_generators(targets: list[tuple[int, int]]) -> list[Any]:
+def start_generators(targets: list[tuple[int, int]], deflate: bool = False) -> list[Any]:
     """One nice'd generator per (port, count); each spreads its connections over every source address."""
     import relay
 
@@ -402,7 +411,7 @@ def start_generators(targets: list[tuple[int, int]]) -> list[Any]:
     for index, (port, count) in enumerate(targets):
         args = ["nice", "-n", str(NICE), sys.executable, str(Path(__file__).resolve()), "--generate",
                 "--port", str(port), "--count", str(count), "--sources", sources,
-                "--warmup", str(WARMUP)]
+                "--warmup", str(WARMUP)] + (["--deflate"] if deflate else [])
         children.append(relay.Process(f"load generator {index}", args, lines=True))
     for child in children:
         line = child.line(LINE_TIMEOUT * 5)
@@ -450,7 +459,7 @@ def run_server(name: str, args: argparse.Namespace, workdir: Path, shares: list[
                 server, port = start_kamailio(workdir, share)
             servers.append(server)
             targets.append((port, share))
-        generators = start_generators(targets)
+        generators = start_generators(targets, args.compression)
         time.sleep(2)
         for server in servers:
             if name == "kamailio":
@@ -462,12 +471,13 @@ def run_server(name: str, args: argparse.Namespace, workdir: Path, shares: list[
             child.send("go")
         opened, failed, errors = 0, 0, []
         for child in generators:
-            fields = child.line(OPEN_TIMEOUT).split(" ", 4)
-            values = dict(part.split("=", 1) for part in fields[1:4])
+            fields = child.line(OPEN_TIMEOUT).split(" ", 5)
+            values = dict(part.split("=", 1) for part in fields[1:5])
+            result["deflated"] = result.get("deflated", 0) + int(values["deflated"])
             opened += int(values["ok"])
             failed += int(values["failed"])
             if int(values["failed"]):
-                errors.append(fields[4] if len(fields) > 4 else "")
+                errors.append(fields[5] if len(fields) > 5 else "")
         result["open_seconds"] = time.monotonic() - began
         result["opened"], result["failed"], result["errors"] = opened, failed, errors
         print(f"  {name}: {opened} open, {failed} failed in {result['open_seconds']:.0f} s"
@@ -515,7 +525,8 @@ def describe(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"{r['survived']} still open at the end ({r['closed_by_server']} closed by the server)"
           + (f"; admin stats: {r.get('server_count')} open after opening, {r.get('server_count_end')} at the end"
              if 'server_count' in r else ""))
-    print(f"  Pings answered before the 'after' reading: {r['pings_before_after_reading']}")
+    print(f"  Pings answered before the 'after' reading: {r['pings_before_after_reading']}; "
+          f"permessage-deflate accepted on {r.get('deflated', 0)}")
     print(f"  RSS {r['rss_before'] / 1024:.1f} -> {r['rss_after'] / 1024:.1f} MiB: "
           f"{per_conn_kb(r, 'rss'):.2f} KB/conn;  Pss {r['pss_before'] / 1024:.1f} -> "
           f"{r['pss_after'] / 1024:.1f} MiB: {per_conn_kb(r, 'pss'):.2f} KB/conn")
@@ -568,6 +579,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sources", default="127.0.0.2", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--deflate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate:
         return generate(args)
