@@ -31,6 +31,7 @@ CAPTURE = (Path(__file__).resolve().parents[1] / "tests" / "data" / "sip" / "cap
            / "jssip" / "jssip_02_MESSAGE.sip").read_bytes()
 SOURCE = ("192.0.2.10", 56143)
 CORE = ("127.0.0.1", 5060)
+UPSTREAM = "sip:127.0.0.1:5060;transport=udp"
 
 
 class _Call:
@@ -102,7 +103,7 @@ def answer(request: bytes) -> bytes:
 def run_proxy(msgs: list[bytes], answers: list[bytes]) -> float:
     clock = HeapClock()
     sink = Sink()
-    proxy = EdgeProxy(SipConfig(), clock, FlowTokens(b"k", b"n"), sink)
+    proxy = EdgeProxy(SipConfig(upstream=UPSTREAM), clock, FlowTokens(b"k", b"n"), sink)
     start = time.perf_counter()
     for i, (data, ok) in enumerate(zip(msgs, answers)):
         proxy.receive_from_flow(1 + i % 100, data, SOURCE, "ws")
@@ -132,7 +133,7 @@ def main() -> int:
     # the core's answers to what the proxy really sends
     clock = HeapClock()
     sink = Sink()
-    proxy = EdgeProxy(SipConfig(), clock, FlowTokens(b"k", b"n"), sink)
+    proxy = EdgeProxy(SipConfig(upstream=UPSTREAM), clock, FlowTokens(b"k", b"n"), sink)
     answers = []
     for i, data in enumerate(msgs):
         proxy.receive_from_flow(1 + i % 100, data, SOURCE, "ws")

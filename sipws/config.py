@@ -158,6 +158,12 @@ class SipConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    #: Bytes asked for each SIP UDP socket's receive and send buffer; 0 = kernel default.
+    udp_buffer_size: int = 4 * 1024 * 1024
+
+
+#: Largest [sip] udp_buffer_size accepted (1 GiB).
+MAX_UDP_BUFFER = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -653,6 +659,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "t1": _positive_float,
             "t2": _positive_float,
             "t4": _positive_float,
+            "udp_buffer_size": _int_range(0, MAX_UDP_BUFFER),
         },
     ),
     "registrar": (

@@ -1,6 +1,8 @@
 """The SIP proxy core: pure decisions, no I/O (see docs/relay.md).
 
-``EdgeProxy`` (core.py) relays between WebSocket flows and the SIP core;
+``EdgeProxy`` (core.py, with one module per job: toward_core.py,
+toward_flow.py, ack_cancel.py, responses.py, branches.py, legs.py,
+rejects.py) relays between WebSocket flows and the SIP core;
 ``FlowTokens`` (flows.py) names flows in SIP URIs; transaction.py holds the
 RFC 3261 §17 state machines; targets.py the next-hop rules.
 """

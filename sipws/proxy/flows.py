@@ -31,6 +31,8 @@ ID_BYTES = 8
 RANDOM_KEY_BYTES = 32
 #: Bytes of the per-start nonce.
 NONCE_BYTES = 16
+#: Flow tokens remembered as checked (cleared when full).
+CHECKED_TOKENS = 65536
 _RAW_BYTES = ID_BYTES + MAC_BYTES
 #: Characters in every token (base32 without padding).
 TOKEN_LENGTH = (_RAW_BYTES * 8 + 4) // 5
@@ -47,6 +49,8 @@ class FlowTokens:
             secret = secret.encode("utf-8")
         self._key = secret if secret else os.urandom(RANDOM_KEY_BYTES)
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+        #: Tokens already checked -> their connection id.
+        self._good: dict[str, int] = {}
 
     def subkey(self, label: bytes) -> bytes:
         """A key for another keyed hash of this start (branches, tags), derived
@@ -69,8 +73,20 @@ class FlowTokens:
         """The connection id in ``token``; BadFlowToken if it is not one of ours.
 
         Upper case is accepted (some elements rewrite URIs).  The MAC is
-        compared in constant time.
+        compared in constant time.  Tokens that passed are remembered (every
+        in-dialog request carries the same one); a bad one is checked in full
+        every time.
         """
+        conn_id = self._good.get(token)
+        if conn_id is not None:
+            return conn_id
+        conn_id = self._check(token)
+        if len(self._good) >= CHECKED_TOKENS:
+            self._good.clear()
+        self._good[token] = conn_id
+        return conn_id
+
+    def _check(self, token: str) -> int:
         if not isinstance(token, str) or len(token) != TOKEN_LENGTH:
             raise BadFlowToken("flow token has the wrong length")
         lowered = token.lower()

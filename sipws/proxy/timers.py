@@ -8,12 +8,15 @@ thousand requests a second that is tens of thousands of live objects, which
 every full garbage collection must walk (measured with bench/relay.py: pauses
 of 100 ms and more).
 
-``TimerQueue`` keeps one heap of ``(when, seq, owner, name)`` tuples and a
-single clock call for the earliest.  The owner holds its live timers as
-``owner._timers[name] = (seq, function)`` and the queue calls
+``TimerQueue`` keeps one heap of ``(when, seq, owner, name, function)``
+tuples and a single clock call for the earliest.  The owner holds its live
+timers as ``owner._timers[name] = seq`` and the queue calls
 ``function(owner)`` (a plain function, not a bound method, so a pending timer
 makes no reference cycle through its owner); cancelling is dropping that
-entry (the heap entry goes stale and is skipped or compacted away).
+entry (the heap entry goes stale and is skipped or compacted away).  Holding
+only integers, an owner's ``_timers`` dict is never tracked by the cyclic
+garbage collector: thousands of transactions linger under load, and each
+tracked object lengthens every full collection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from twisted.logger import Logger
 
 log = Logger(namespace="sipws.proxy.timers")
 
-#: Compact the heap when stale entries outnumber live ones by this much.
+#: Compact the heap when stale entries exceed half the live ones plus this many.
 COMPACT_SLACK = 256
 
 
@@ -36,7 +39,7 @@ class TimerQueue:
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
-        self._heap: list[tuple[float, int, Any, str]] = []
+        self._heap: list[tuple[float, int, Any, str, Callable[[Any], None]]] = []
         self._seq = itertools.count()
         self._live = 0
         self._call: Any = None
@@ -53,8 +56,8 @@ class TimerQueue:
             self._live -= 1
         when = self.clock.seconds() + delay
         seq = next(self._seq)
-        owner._timers[name] = (seq, function)
-        heapq.heappush(self._heap, (when, seq, owner, name))
+        owner._timers[name] = seq
+        heapq.heappush(self._heap, (when, seq, owner, name, function))
         self._live += 1
         if when < self._call_at:
             self._arm(when)
@@ -66,7 +69,10 @@ class TimerQueue:
         if self._live == 0:
             self._heap.clear()
             self._disarm()
-        elif len(self._heap) > 2 * self._live + COMPACT_SLACK:
+        elif len(self._heap) > self._live + (self._live >> 1) + COMPACT_SLACK:
+            # Stale entries keep their owners alive: at most half as many as
+            # live ones (amortised O(1) per cancel: each pass halves nothing
+            # but needs live/2 cancels before the next one).
             self._heap = [e for e in self._heap if _is_live(e)]
             heapq.heapify(self._heap)
 
@@ -92,14 +98,13 @@ class TimerQueue:
         now = self.clock.seconds()
         try:
             while heap and heap[0][0] <= now:
-                _, seq, owner, name = heapq.heappop(heap)
-                entry = owner._timers.get(name)
-                if entry is None or entry[0] != seq:
+                _, seq, owner, name, function = heapq.heappop(heap)
+                if owner._timers.get(name) != seq:
                     continue  # cancelled or replaced
                 del owner._timers[name]
                 self._live -= 1
                 try:
-                    entry[1](owner)
+                    function(owner)
                 except Exception:
                     log.failure("timer {name} of {owner!r} failed", name=name, owner=owner)
         finally:
@@ -110,6 +115,5 @@ class TimerQueue:
                 self._arm(heap[0][0])
 
 
-def _is_live(entry: tuple[float, int, Any, str]) -> bool:
-    current = entry[2]._timers.get(entry[3])
-    return current is not None and current[0] == entry[1]
+def _is_live(entry: tuple[float, int, Any, str, Callable[[Any], None]]) -> bool:
+    return entry[2]._timers.get(entry[3]) == entry[1]

@@ -15,6 +15,7 @@ proxy's timer C apply to every transport.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
@@ -44,6 +45,10 @@ CONFIRMED = "confirmed"
 TERMINATED = "terminated"
 
 Send = Callable[[bytes], None]
+#: What a lingering server transaction keeps (see TransactionTable.lingering):
+#: the response to repeat (b"" = absorb silently) and where to (a sender's
+#: ``where``: a tuple of strings and numbers, or None).
+Lingering = tuple[bytes, Optional[tuple]]
 
 
 @dataclass(frozen=True)
@@ -106,14 +111,14 @@ def _discard(data: bytes) -> None:
 
 def _rfc2543_key(msg, method: str) -> tuple:
     """Matching for requests without a magic-cookie branch (RFC 3261 §17.2.3 end)."""
-    via = msg.vias[0]
+    via = msg.top_via
     return ("2543", msg.call_id, msg.from_.tag, msg.cseq[0], via.sent_by.lower(),
             via.branch or "", method)
 
 
 def server_key(request: Request, method: Optional[str] = None) -> tuple:
     """§17.2.3: branch + sent-by + method (ACK counts as INVITE)."""
-    via = request.vias[0]  # parsed once per message (cached), unlike top_via
+    via = request.top_via  # the only Via parsed (cached on the message)
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
@@ -176,6 +181,77 @@ class TransactionTable:
         #: by reference counting instead of piling up for the cyclic garbage
         #: collector, whose full passes stall the reactor under load.
         self._ended: list[_Transaction] = []
+        #: Server transactions that only linger (RFC 6026 timer L after a 2xx,
+        #: timer J after a non-INVITE final on UDP) kept as plain data, key ->
+        #: (response to repeat, where to): tens of thousands of them linger at a
+        #: few hundred calls per second, and as objects each full pass of the
+        #: cyclic collector would walk them all; tuples of bytes and strings it
+        #: does not track.  Their lifetime is the same 64*T1 for both kinds, so
+        #: one FIFO of (expiry, key) ends them in order.
+        self.lingering: dict[tuple, Lingering] = {}
+        self._lingering_until: deque[tuple[float, tuple]] = deque()
+        #: Repeats a lingering response: ``resend(where, data)``; set by the owner
+        #: (None: server transactions linger as objects).
+        self.resend: Optional[Callable[[tuple, bytes], None]] = None
+        #: Non-INVITE client transactions that only absorb retransmitted final
+        #: responses (timer K, T4 on UDP): their keys, ended in order from a FIFO.
+        self.absorbing: set[tuple] = set()
+        self._absorbing_until: deque[tuple[float, tuple]] = deque()
+        self._timers: dict[str, int] = {}  # this table's own timers (TimerQueue owner)
+
+    def absorb(self, txn: "ClientTransaction") -> None:
+        """End a completed non-INVITE client transaction now; keep its key for T4
+        so that retransmissions of its final response are absorbed."""
+        key = txn.key
+        txn._cancel_all()
+        txn.state = TERMINATED
+        if self.clients.get(key) is txn:
+            del self.clients[key]
+        self._ended.append(txn)
+        self.absorbing.add(key)
+        until = self._absorbing_until
+        if not until:
+            self.queue.set(self, "absorbing", self.timers.t4, TransactionTable._expire_absorbing)
+        until.append((self.clock.seconds() + self.timers.t4, key))
+
+    def _expire_absorbing(self) -> None:
+        until = self._absorbing_until
+        now = self.clock.seconds()
+        while until and until[0][0] <= now:
+            self.absorbing.discard(until.popleft()[1])
+        if until:
+            self.queue.set(self, "absorbing", max(0.0, until[0][0] - now),
+                           TransactionTable._expire_absorbing)
+
+    def linger(self, txn: "ServerTransaction", response: bytes) -> bool:
+        """End ``txn`` now and keep only (response, where) under its key for 64*T1;
+        False (nothing done) when its sender cannot be described as data."""
+        where = getattr(txn.send, "where", None)
+        if self.resend is None or (response and where is None):
+            return False
+        key = txn.key
+        txn._cancel_all()
+        txn.state = TERMINATED
+        if self.servers.get(key) is txn:
+            del self.servers[key]
+        self._ended.append(txn)
+        self.lingering[key] = (response, where)
+        until = self._lingering_until
+        if not until:
+            self.queue.set(self, "lingering", self.timers.h, TransactionTable._expire_lingering)
+        until.append((self.clock.seconds() + self.timers.h, key))
+        return True
+
+    def _expire_lingering(self) -> None:
+        until = self._lingering_until
+        now = self.clock.seconds()
+        lingering = self.lingering
+        while until and until[0][0] <= now:
+            _, key = until.popleft()
+            lingering.pop(key, None)
+        if until:
+            self.queue.set(self, "lingering", max(0.0, until[0][0] - now),
+                           TransactionTable._expire_lingering)
 
     def _release_ended(self) -> None:
         ended = self._ended
@@ -185,7 +261,7 @@ class TransactionTable:
                 txn._release()
 
     def __len__(self) -> int:
-        return len(self.clients) + len(self.servers)
+        return len(self.clients) + len(self.servers) + len(self.lingering) + len(self.absorbing)
 
     def clear(self) -> int:
         """Drop every transaction and cancel its timers (service shutdown);
@@ -197,22 +273,40 @@ class TransactionTable:
             txn._release()
         self.clients.clear()
         self.servers.clear()
+        self.lingering.clear()
+        self._lingering_until.clear()
+        self.queue.cancel(self, "lingering")
+        self.absorbing.clear()
+        self._absorbing_until.clear()
+        self.queue.cancel(self, "absorbing")
         self._release_ended()
         return count
 
     def find_server(self, request: Request) -> Optional["ServerTransaction"]:
         """The server transaction a request belongs to (retransmission, ACK)."""
-        return self.servers.get(server_key(request))
+        return self._find(server_key(request))
 
     def find_invite_server(self, request: Request) -> Optional["ServerTransaction"]:
         """The INVITE server transaction a CANCEL (or ACK) refers to."""
-        return self.servers.get(server_key(request, "INVITE"))
+        return self._find(server_key(request, "INVITE"))
+
+    def _find(self, key: tuple) -> Any:
+        txn = self.servers.get(key)
+        if txn is None and self.lingering:
+            kept = self.lingering.get(key)
+            if kept is not None:
+                return _LingeringServer(self, kept)
+        return txn
 
     def find_client(self, response: Response) -> Optional["ClientTransaction"]:
-        via = response.vias[0]
+        via = response.top_via
         if not via.branch:
             return None
-        return self.clients.get(client_key(via.branch, response.cseq[1]))
+        key = client_key(via.branch, response.cseq[1])
+        txn = self.clients.get(key)
+        if txn is None and key in self.absorbing:
+            return _ABSORBED
+        return txn
 
     def client(self, request: Request, send: Send, reliable: bool,
                user: ClientUser) -> "ClientTransaction":
@@ -238,6 +332,43 @@ class TransactionTable:
 # --------------------------------------------------------- transactions
 
 
+class _Absorbed:
+    """What find_client returns for a key kept only to absorb retransmitted
+    final responses (TransactionTable.absorbing): they change nothing."""
+
+    __slots__ = ()
+    context = None
+    terminated = False
+
+    def receive_response(self, response: Response) -> None:
+        pass
+
+
+_ABSORBED = _Absorbed()
+
+
+class _LingeringServer:
+    """A lingering server transaction found again (a retransmitted request, a
+    late CANCEL): built on demand from its data, answers like the object did."""
+
+    __slots__ = ("table", "response", "where")
+
+    #: It was answered with a final response; nothing of the request is left.
+    final_status = 200
+    context = None
+    request = None
+    terminated = False
+
+    def __init__(self, table: TransactionTable, kept: Lingering) -> None:
+        self.table = table
+        self.response, self.where = kept
+
+    def receive_request(self, request: Request) -> None:
+        """Absorb it; a non-INVITE's final response is sent again (timer J)."""
+        if self.response and request.method != "ACK" and self.table.resend is not None:
+            self.table.resend(self.where, self.response)
+
+
 class _Transaction:
     __slots__ = ("table", "request", "key", "send", "reliable", "state", "_timers", "is_invite")
 
@@ -248,7 +379,7 @@ class _Transaction:
         self.send = send
         self.reliable = reliable
         self.is_invite = request.method == "INVITE"
-        self._timers: dict[str, Any] = {}
+        self._timers: dict[str, int] = {}  # timer name -> sequence number (TimerQueue)
 
     def _set(self, name: str, delay: float, method: Callable[[], Any]) -> None:
         """Start (or restart) timer ``name``: ``method`` (bound to this
@@ -366,7 +497,11 @@ class ClientTransaction(_Transaction):
         else:
             wait = 0.0 if self.reliable else self.table.timers.t4
         self.user.on_response(self, response)
-        if wait:
+        if wait and not self.is_invite:
+            self.table.absorb(self)  # timer K as a key only
+            if self.on_terminated is not None:
+                self.on_terminated(self)
+        elif wait:
             self._set("linger", wait, self._terminate)
             self._shrink()
         elif self.state != TERMINATED:
@@ -403,6 +538,10 @@ class ClientTransaction(_Transaction):
         self.user = _NO_USER
         self.context = None
         self.on_terminated = None
+        # Cancelled timers may still name this transaction in the timer heap
+        # until it is compacted: what is left of it must be small.
+        self.request = None  # type: ignore[assignment]
+        self.data = b""
 
 
 class ServerTransaction(_Transaction):
@@ -446,7 +585,16 @@ class ServerTransaction(_Transaction):
                 # RFC 6026 §8.5: stay for timer L, so a retransmitted INVITE is
                 # absorbed instead of being relayed again as a new request.
                 self.state = ACCEPTED
+                # Absorbing retransmissions needs only the key: at ~700 calls/s
+                # some 20,000 of these linger, and each full GC pass walks
+                # whatever they still hold.  As plain data when the owner can.
+                if self.table.linger(self, b""):
+                    self._after_terminate()
+                    return
                 self._set("linger", t.h, self._terminate)  # timer L = 64*T1
+                self.context = None
+                self.request = None  # type: ignore[assignment]
+                self.last_response = None
                 return
             self.state = COMPLETED
             if not self.reliable:
@@ -456,6 +604,8 @@ class ServerTransaction(_Transaction):
             self.state = COMPLETED
             if self.reliable:
                 self._terminate()
+            elif self.table.linger(self, data):  # timer J, as plain data
+                self._after_terminate()
             else:
                 self._set("linger", t.j, self._terminate)
                 # Timer J only answers retransmissions with last_response.
@@ -501,6 +651,9 @@ class ServerTransaction(_Transaction):
         if self.table.servers.get(self.key) is self:
             del self.table.servers[self.key]
         self.table._ended.append(self)
+        self._after_terminate()
+
+    def _after_terminate(self) -> None:
         if self._on_terminated is not None:
             self._on_terminated(self)
 
@@ -508,3 +661,5 @@ class ServerTransaction(_Transaction):
         super()._release()
         self.context = None
         self._on_terminated = None
+        self.request = None  # type: ignore[assignment]
+        self.last_response = None

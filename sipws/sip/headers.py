@@ -251,7 +251,7 @@ class Via:
     flags) in order, including branch, received and rport.
     """
 
-    __slots__ = ("protocol", "transport", "host", "port", "params")
+    __slots__ = ("protocol", "transport", "host", "port", "params", "_text")
 
     def __init__(self, transport: str, host: str, port: Optional[int] = None,
                  params: Optional[dict[str, Optional[str]]] = None,
@@ -261,6 +261,7 @@ class Via:
         self.host = host
         self.port = port
         self.params = dict(params) if params else {}
+        self._text: Optional[str] = None
 
     @property
     def branch(self) -> Optional[str]:
@@ -283,7 +284,12 @@ class Via:
         return host if self.port is None else f"{host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
+        # Via objects are not changed once made (messages share them): format once.
+        text = self._text
+        if text is None:
+            text = self._text = (f"{self.protocol}/{self.transport} {self.sent_by}"
+                                 f"{format_params(self.params)}")
+        return text
 
     def __repr__(self) -> str:
         return f"Via({str(self)!r})"
@@ -315,6 +321,7 @@ def parse_via(text: str) -> Via:
     via.host = host
     via.port = _port(port) if port is not None else None
     via.params = parse_params(parts[1:], _VIA_VALUE_RE) if len(parts) > 1 else {}
+    via._text = None
     rport = via.params.get("rport", "")
     if rport and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
         raise SipParseError("bad rport in Via")
@@ -450,9 +457,11 @@ def parse_name_addr(text: str, limits: Limits = DEFAULT_LIMITS,
             raise SipParseError("URI with ',' or '?' must be in <>")
     if not raw_uri:
         raise SipParseError("empty URI")
-    scheme = check_absolute_uri(raw_uri, limits)
-    if scheme == "sip" or scheme == "sips":
-        na._uri = parse_uri(raw_uri, limits)
+    head = raw_uri[:5].lower()
+    if head.startswith("sip:") or head == "sips:":
+        na._uri = parse_uri(raw_uri, limits)  # validates it too: parsed once
+    else:
+        check_absolute_uri(raw_uri, limits)
     na.raw_uri = raw_uri
     if rest:
         if rest[0] != ";":

@@ -90,6 +90,22 @@ _CHECKED = {
     "content-length": _K_CONTENT_LENGTH,
 }
 
+#: Distinct header values remembered as valid, per kind and per Limits: a
+#: dialog repeats its From, To, Call-ID, Contact and route set in every
+#: message, so each distinct text is checked once, not once per message.
+VALID_CACHE_SIZE = 8192
+_VALID: dict[Limits, tuple[set[str], ...]] = {}
+
+
+def _valid_sets(limits: Limits) -> tuple[set[str], ...]:
+    sets = _VALID.get(limits)
+    if sets is None:
+        if len(_VALID) >= 16:  # a handful of Limits per process; bounded anyway
+            _VALID.clear()
+        sets = _VALID[limits] = tuple(set() for _ in range(_K_CONTENT_LENGTH + 1))
+    return sets
+
+
 REASON_PHRASES = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
@@ -130,7 +146,7 @@ class Message:
     """Common part of Request and Response."""
 
     __slots__ = ("_start", "_keys", "_fields", "_body", "_raw", "_limits",
-                 "_vias", "__weakref__")
+                 "_vias", "_top", "_nvias", "__weakref__")
 
     is_request: bool = False
 
@@ -182,16 +198,53 @@ class Message:
     def vias(self) -> list[Via]:
         if self._vias is None:
             self._vias = [parse_via(v) for v in self.get_all("via")]
+            self._nvias = len(self._vias)
+            if self._vias:
+                self._top = self._vias[0]
         return self._vias
 
     @property
     def top_via(self) -> Optional[Via]:
+        """The first Via, parsed once per message (the others are not parsed)."""
+        top = self._top
+        if top is not None:
+            return top
+        if self._vias is not None:
+            return self._vias[0] if self._vias else None
         i = self._index("via")
         if i < 0:
             return None
-        if self._vias is not None:
-            return self._vias[0]
-        return parse_via(self._first_value(i)[0])
+        top = self._top = parse_via(self._first_value(i)[0])
+        return top
+
+    def raw_fields(self, keys: frozenset[str]) -> list[str]:
+        """The header fields of these keys exactly as written (name included), in
+        order: for hashing what a message carries without parsing values."""
+        return [f for k, f in zip(self._keys, self._fields) if k in keys]
+
+    def top_via_text(self) -> Optional[str]:
+        """The first Via value as written (nothing parsed)."""
+        i = self._index("via")
+        return None if i < 0 else self._first_value(i)[0]
+
+    def use_top_via(self, via: Via) -> None:
+        """Take ``via`` as the parsed first Via: the caller knows it is the same
+        text (our own Via coming back in a response), so it is not parsed again."""
+        self._top = via
+
+    @property
+    def via_count(self) -> int:
+        """How many Via values (parse() counted them; nothing is parsed again)."""
+        n = self._nvias
+        if n is None:
+            n = self._nvias = len(self.get_all("via"))
+        return n
+
+    def header_contains(self, name: str, text: str) -> bool:
+        """Does any field of this name contain ``text`` as written (a cheap
+        pre-check before parsing values)?"""
+        key = header_key(name)
+        return any(k == key and text in f for k, f in zip(self._keys, self._fields))
 
     def _name_addrs(self, name: str, allow_star: bool = False) -> list[NameAddr]:
         return [parse_name_addr(v, self._limits, allow_star) for v in self.get_all(name)]
@@ -285,6 +338,8 @@ class Message:
     def _touch(self) -> None:
         self._raw = None
         self._vias = None
+        self._top = None
+        self._nvias = None
 
     def _first_value(self, i: int) -> tuple[str, Optional[str]]:
         """(first value, field with that value removed or None if it was the only one)."""
@@ -311,7 +366,10 @@ class Message:
         keys.insert(i, key)
         self._fields.insert(i, f"{name}: {value}")
         self._raw = None
-        self._vias = None
+        if key == "via":
+            self._vias = None
+            self._top = None
+            self._nvias = None
 
     def _pop_first(self, key: str) -> str:
         try:
@@ -328,8 +386,13 @@ class Message:
         return value
 
     def push_via(self, value: Union[str, Via]) -> None:
-        """Insert a Via value on top."""
+        """Insert a Via value on top (a Via object becomes the cached top Via)."""
+        nvias = self._nvias
         self._insert_field("via", "Via", str(value), True)
+        if nvias is not None:
+            self._nvias = nvias + 1
+        if isinstance(value, Via):
+            self._top = value
 
     def pop_via(self) -> str:
         """Remove and return the top Via value."""
@@ -372,6 +435,7 @@ class Message:
         self._fields[i] = ";".join(parts) + tail
         self._raw = None
         self._vias = None
+        self._top = None  # the count stays
 
     def push_record_route(self, value: str) -> None:
         self._insert_field("record-route", "Record-Route", str(value), True)
@@ -485,7 +549,10 @@ class Message:
         new._body = self._body
         new._raw = self._raw
         new._limits = self._limits
-        new._vias = None
+        # Same fields: the parsed Vias (never changed in place) are shared.
+        new._vias = self._vias
+        new._top = self._top
+        new._nvias = self._nvias
         new._init_start_copy(self)
         return new
 
@@ -557,7 +624,9 @@ def is_keepalive(data: bytes) -> bool:
 
     Such data is not a SIP message: ``parse()`` would reject it as empty.
     """
-    return bool(data) and not bytes(data).strip(b"\r\n")
+    if not data or data[:1] not in (b"\r", b"\n"):
+        return False  # the common case, decided without copying the message
+    return not bytes(data).strip(b"\r\n")
 
 
 
@@ -645,6 +714,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     checked_get = _CHECKED.get
     # A value no longer than the URI limit cannot hold a URI over it.
     fast_max = min(FAST_PATH_MAX, limits.max_uri_length)
+    valid = _valid_sets(limits)
     for key, field, name in zip(keys, fields, names):
         kind = checked_get(key)
         if kind is None:
@@ -652,6 +722,18 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
         value = field[len(name) + 1:].strip(_WS)
         if folded and "\r\n" in value:
             value = _FOLD_RE.sub(" ", value).strip(_WS)
+        seen = valid[kind]
+        if value in seen:  # checked before (never a list: those are not remembered)
+            if kind == _K_VIA:
+                nvias += 1
+            elif kind == _K_CSEQ:
+                cseq_method = value.split(None, 1)[1].strip(_WS)
+            elif kind == _K_CONTENT_LENGTH:
+                n = int(value)
+                if length >= 0 and n != length:
+                    raise SipParseError("conflicting Content-Length values")
+                length = n
+            continue
         if kind == _K_VIA:
             if "," in value or len(value) > FAST_PATH_MAX or "rport=" in value or \
                     FAST_VIA.fullmatch(value) is None:
@@ -681,6 +763,10 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
             if length >= 0 and n != length:
                 raise SipParseError("conflicting Content-Length values")
             length = n
+        if "," not in value:
+            if len(seen) >= VALID_CACHE_SIZE:
+                seen.clear()
+            seen.add(value)
     if nvias > limits.max_vias:
         raise SipParseError("too many Via values")
     for key in _SINGLE:
@@ -704,6 +790,8 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     msg._raw = data
     msg._limits = limits
     msg._vias = None
+    msg._top = None
+    msg._nvias = nvias
     return msg
 
 
@@ -823,5 +911,8 @@ def make_response(request: Request, status: int, reason: Optional[str] = None,
     resp._body = b""
     resp._raw = None
     resp._limits = request._limits
-    resp._vias = None
+    # The same Via fields as the request's: its parsed Vias serve.
+    resp._vias = request._vias
+    resp._top = request._top
+    resp._nvias = request._nvias
     return resp

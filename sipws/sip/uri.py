@@ -42,6 +42,8 @@ _SIP_URI_NOUSER_RE = re.compile(
 # except the delimiters that would end a URI inside a header field (" < >).
 _ABS_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]++")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?")
 _USER_SAFE = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/"
@@ -91,10 +93,8 @@ def _check_host(host: str) -> str:
     if labels[-1] == "" and len(labels) > 1:
         labels.pop()  # a fully qualified name may end with a dot
     if all(label.isdigit() for label in labels):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise SipParseError("bad IPv4 address in URI") from None
+        if _IPV4_RE.fullmatch(host) is None:  # what ipaddress.IPv4Address accepts, faster
+            raise SipParseError("bad IPv4 address in URI")
         return host
     for label in labels:
         if not _LABEL_RE.fullmatch(label):

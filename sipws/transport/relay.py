@@ -51,8 +51,13 @@ MAX_FAILED_ADDRESSES = 1024
 KNOWN_COUNTERS = tuple(
     f"sip.messages_{direction}.{transport}"
     for direction in ("in", "out") for transport in ("udp", "tcp", "tls", "ws", "wss")
-) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors")
+) + ("sip.connect_failures", "sip.dns_failures", "sip.framing_errors", "sip.icmp_errors",
+   "sip.udp_drops")
 
+
+#: Counter names per transport, built once (not per message).
+_IN = {t: f"sip.messages_in.{t}" for t in ("udp", "tcp", "tls", "ws", "wss")}
+_OUT = {t: f"sip.messages_out.{t}" for t in ("udp", "tcp", "tls", "ws", "wss")}
 
 #: The loopback TCP socket the edge opens for the standalone core when [sip] listen has no tcp: entry.
 STANDALONE_HOP_HOST = "127.0.0.1"
@@ -117,7 +122,8 @@ class Relay(Service):
         reactor = self.reactor
         try:
             if transport == "udp":
-                protocol, listening = listen_udp(reactor, host, port, self._received, self._unreachable)
+                protocol, listening = listen_udp(reactor, host, port, self._received, self._unreachable,
+                                                 self.config.sip.udp_buffer_size, self._udp_drops)
                 self.udp.append(protocol)
             elif transport == "tcp":
                 listening = reactor.listenTCP(port, self.pool.factory("tcp"), backlog=LISTEN_BACKLOG,
@@ -165,7 +171,7 @@ class Relay(Service):
         """One complete WebSocket message (already traced and counted as WS traffic)."""
         if self.proxy is None:
             return
-        self.counters.incr("sip.messages_in." + record.transport)
+        self.counters.incr(_IN.get(record.transport) or "sip.messages_in." + record.transport)
         if record.role == SERVER:
             self.proxy.receive_from_flow(record.id, data, record.remote, record.transport)
         else:
@@ -176,7 +182,7 @@ class Relay(Service):
         is the socket's protocol (for the local address in traces)."""
         if self.proxy is None:
             return
-        self.counters.incr("sip.messages_in." + transport)
+        self.counters.incr(_IN.get(transport) or "sip.messages_in." + transport)
         tracer = self.root.tracer
         if tracer.enabled:
             tracer.sip_message(None, "in", transport, source, _local_of(receiver), data)
@@ -193,6 +199,10 @@ class Relay(Service):
             log.warn("udp {host}:{port}: {reason}: its request is answered 503 at once{more}",
                      host=destination[0], port=destination[1], reason=reason, more=more)
 
+    def _udp_drops(self, count: int) -> None:
+        """The kernel dropped ``count`` datagrams on a full receive buffer of ours."""
+        self.counters.incr("sip.udp_drops", count)
+
     def _connection_closed(self, record: ConnectionRecord) -> None:
         if self.proxy is not None and record.role == SERVER:
             self.proxy.flow_closed(record.id)
@@ -205,7 +215,7 @@ class Relay(Service):
             return False
         if not record.protocol.send_message(data):
             return False
-        self.counters.incr("sip.messages_out." + record.transport)
+        self.counters.incr(_OUT.get(record.transport) or "sip.messages_out." + record.transport)
         return True
 
     def send_to_target(self, target: Target, data: bytes, on_error: OnError) -> None:
@@ -346,8 +356,9 @@ class Relay(Service):
         proxy = self.proxy
         return {
             "transactions": len(proxy.table) if proxy else 0,
-            "client_transactions": len(proxy.table.clients) if proxy else 0,
-            "server_transactions": len(proxy.table.servers) if proxy else 0,
+            "client_transactions": len(proxy.table.clients) + len(proxy.table.absorbing) if proxy else 0,
+            "server_transactions": len(proxy.table.servers) + len(proxy.table.lingering) if proxy else 0,
+            "lingering_transactions": len(proxy.table.lingering) + len(proxy.table.absorbing) if proxy else 0,
             "flows": len(proxy.flows) if proxy else 0,
             "stream_connections": len(self.pool.connections),
             "dns_queries": self.resolver.queries,

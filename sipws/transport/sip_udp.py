@@ -28,6 +28,15 @@ on the *next send*, whatever its destination, and does not send that
 datagram; Twisted's ``write`` swallows ECONNREFUSED, so a request to a
 healthy next hop would vanish because another one was down.
 ``SipUdpPort.write`` reads the queue and sends again instead.
+
+Buffers and drops.  A burst of calls overflows the kernel's default receive
+buffer (~208 KiB): datagrams are dropped before sipws sees them, the core
+retransmits after T1 and call set-up stalls.  ``[sip] udp_buffer_size`` sizes
+both buffers (as root beyond ``net.core.rmem_max`` / ``wmem_max`` with
+``SO_RCVBUFFORCE`` / ``SO_SNDBUFFORCE``; otherwise one log line says what the
+kernel granted), and ``SO_RXQ_OVFL`` makes the kernel attach its running
+count of dropped datagrams to each datagram read (``recvmsg``): the port
+hands every increase to ``on_drops`` (the ``sip.udp_drops`` counter).
 """
 
 from __future__ import annotations
@@ -67,10 +76,19 @@ ICMP_READ_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENET
 SEND_ATTEMPTS = 4
 #: Send errors that are a queued ICMP error about an earlier datagram, not about this one.
 _EARLIER_ICMP = ICMP_READ_ERRORS - {errno.EMSGSIZE}
+#: SOL_SOCKET options (Linux numbers where Python does not export them).
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+#: Ancillary space for the SO_RXQ_OVFL drop counter (one uint32).
+_OVFL_ANCILLARY = socket.CMSG_SPACE(4)
+_UINT32 = struct.Struct("=I")
 #: Read errors that only mean "nothing more to read now".
 _READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 
 Receiver = Callable[[bytes, tuple[str, int], str, Any], None]
+#: on_drops(datagrams the kernel dropped since the last report)
+OnDrops = Callable[[int], None]
 #: unreachable(quoted datagram head, original destination, reason)
 Unreachable = Callable[[bytes, tuple[str, int], str], None]
 
@@ -159,12 +177,49 @@ def _offender(data: bytes) -> str:
     return ""
 
 
+def size_buffers(sock: socket.socket, size: int) -> tuple[int, int]:
+    """Ask for ``size``-byte receive and send buffers; what the kernel granted.
+
+    Linux caps SO_RCVBUF / SO_SNDBUF at net.core.rmem_max / wmem_max; the
+    FORCE variants (CAP_NET_ADMIN) are tried first and go beyond.  The values
+    returned are what the buffers hold for data (Linux reports twice the size
+    asked, the other half being its bookkeeping allowance).
+    """
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:  # not root: the plain option, capped by the kernel
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2,
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+
+
 @implementer(IHalfCloseableDescriptor)
 class SipUdpPort(udp.Port):
-    """A UDP port that reads ICMP errors from the socket's error queue (see module docstring)."""
+    """A UDP port that reads ICMP errors from the socket's error queue and counts
+    the kernel's receive-buffer drops (see module docstring)."""
+
+    #: Bytes asked for each socket buffer; 0 = the kernel's default.
+    buffer_size = 0
+    #: Called with each increase of the kernel's drop count.
+    on_drops: Optional[OnDrops] = None
+    #: Datagrams the kernel dropped on this socket (its count as last reported).
+    drops = 0
+    #: SO_RXQ_OVFL is on: reads go through recvmsg to see the drop count.
+    count_drops = False
 
     def startListening(self) -> None:
         super().startListening()
+        self._size_buffers()
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self.count_drops = True
+        except OSError:
+            log.info("udp {port}: no SO_RXQ_OVFL on this system; receive-buffer drops are not "
+                     "counted", port=self._realPortNumber)
         self.recverr = False
         try:
             if self.addressFamily == socket.AF_INET6:
@@ -176,8 +231,25 @@ class SipUdpPort(udp.Port):
             log.info("udp {port}: no IP_RECVERR on this system; an unreachable core is "
                      "noticed by timer B/F only", port=self._realPortNumber)
 
+    def _size_buffers(self) -> None:
+        size = self.buffer_size
+        if not size:
+            return
+        rcv, snd = size_buffers(self.socket, size)
+        if rcv >= size and snd >= size:
+            log.info("udp {port}: socket buffers {rcv} bytes (receive), {snd} bytes (send)",
+                     port=self._realPortNumber, rcv=rcv, snd=snd)
+        else:
+            log.warn("udp {port}: [sip] udp_buffer_size asks {size} bytes, the kernel granted "
+                     "{rcv} (receive) and {snd} (send): raise net.core.rmem_max and wmem_max, "
+                     "or start as root", port=self._realPortNumber, size=size, rcv=rcv, snd=snd)
+
     def doRead(self) -> None:
-        """Twisted's read loop, except that an ICMP error does not end it."""
+        """Twisted's read loop, except that an ICMP error does not end it, and
+        the kernel's drop count rides along (SO_RXQ_OVFL)."""
+        if self.count_drops:
+            self._read_counting()
+            return
         read = 0
         receive = self.socket.recvfrom
         protocol = self.protocol
@@ -196,6 +268,39 @@ class SipUdpPort(udp.Port):
                 protocol.datagramReceived(data, addr[:2])
             except BaseException:
                 log.failure("datagram handler failed")
+
+    def _read_counting(self) -> None:
+        """doRead with recvmsg: each datagram may carry the socket's drop count."""
+        read = 0
+        receive = self.socket.recvmsg
+        size = self.maxPacketSize
+        protocol = self.protocol
+        while read < self.maxThroughput:
+            try:
+                data, ancillary, _flags, addr = receive(size, _OVFL_ANCILLARY)
+            except OSError as exc:
+                if exc.errno in _READ_AGAIN:
+                    return
+                if exc.errno in ICMP_READ_ERRORS:
+                    self.read_errors()
+                    continue
+                raise
+            if ancillary:
+                self._note_drops(ancillary)
+            read += len(data)
+            try:
+                protocol.datagramReceived(data, addr[:2])
+            except BaseException:
+                log.failure("datagram handler failed")
+
+    def _note_drops(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= _UINT32.size:
+                total = _UINT32.unpack_from(data)[0]
+                if total > self.drops:
+                    new, self.drops = total - self.drops, total
+                    if self.on_drops is not None:
+                        self.on_drops(new)
 
     def write(self, datagram: bytes, addr: Any = None) -> None:
         """Send one datagram; a queued ICMP error surfacing here is read, then the send retried.
@@ -246,9 +351,14 @@ class SipUdpPort(udp.Port):
 
 
 def listen_udp(reactor: Any, host: str, port: int, receiver: Receiver,
-               unreachable: Optional[Unreachable] = None) -> tuple[SipUdpProtocol, Any]:
-    """Bind one SIP UDP socket that hears ICMP errors; returns (protocol, listening port)."""
+               unreachable: Optional[Unreachable] = None, buffer_size: int = 0,
+               on_drops: Optional[OnDrops] = None) -> tuple[SipUdpProtocol, Any]:
+    """Bind one SIP UDP socket that hears ICMP errors, its buffers ``buffer_size``
+    bytes (0: the kernel's default), drops reported to ``on_drops``; returns
+    (protocol, listening port)."""
     protocol = SipUdpProtocol(receiver, unreachable)
     listening = SipUdpPort(port, protocol, interface=host, maxPacketSize=MAX_DATAGRAM, reactor=reactor)
+    listening.buffer_size = buffer_size
+    listening.on_drops = on_drops
     listening.startListening()
     return protocol, listening

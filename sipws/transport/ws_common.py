@@ -291,9 +291,11 @@ class SipWebSocketMixin:
         stats = root.stats
         stats.incr("ws.messages_in")
         stats.incr("ws.bytes_in", size)
-        root.tracer.sip_message(
-            record, "in", record.transport, record.remote, record.local, payload, root.reactor.seconds()
-        )
+        tracer = root.tracer
+        if tracer.enabled:  # not even the call while tracing is off
+            tracer.sip_message(
+                record, "in", record.transport, record.remote, record.local, payload, root.reactor.seconds()
+            )
         try:
             root.deliver(record, payload)
         except Exception:
@@ -324,9 +326,11 @@ class SipWebSocketMixin:
         record.bytes_out += len(data)
         root.stats.incr("ws.messages_out")
         root.stats.incr("ws.bytes_out", len(data))
-        root.tracer.sip_message(
-            record, "out", record.transport, record.local, record.remote, data, root.reactor.seconds()
-        )
+        tracer = root.tracer
+        if tracer.enabled:
+            tracer.sip_message(
+                record, "out", record.transport, record.local, record.remote, data, root.reactor.seconds()
+            )
         return True
 
     def _send(self, data: bytes, binary: bool) -> None:

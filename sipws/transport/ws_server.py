@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
 from sipws.errors import StartupError
-from sipws.transport import deflate, handshake
+from sipws.transport import deflate, handshake, ws_fastpath
 from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
 from sipws.transport.static_files import StaticFiles
@@ -91,6 +91,11 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             return  # refused, answered or failed: ignore whatever else the client sends
         if data[:1] == LONE_PONG_FIRST and self._lone_pong(data):
             return
+        if (self.state == WebSocketProtocol.STATE_OPEN and not self.data and self.current_frame is None
+                and not self.inside_message and self._perMessageCompress is None):
+            data = ws_fastpath.take_frames(self, data)  # plain whole frames; the rest to Autobahn
+            if not data:
+                return
         # Autobahn's own dataReceived only adds a debug log call: go to its parser directly.
         self._dataReceived(data)
 
@@ -106,6 +111,17 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             return False
         self.onPong(data[6:])
         return True
+
+    def _send(self, data: bytes, binary: bool) -> None:
+        """One unmasked frame written directly when nothing is queued and no
+        extension is in use (ws_fastpath); otherwise through Autobahn."""
+        limit = self.maxMessagePayloadSize
+        if (self.state == WebSocketProtocol.STATE_OPEN and self._perMessageCompress is None
+                and not self.send_queue and (not limit or len(data) <= limit)):
+            self.factory.root.stats.incr("ws.frames_out")
+            self.transport.write(ws_fastpath.frame_header(len(data), binary) + data)
+            return
+        super()._send(data, binary)
 
     def processHandshake(self) -> None:
         """Apply sipws's handshake policy, then let Autobahn finish the upgrade."""

@@ -185,3 +185,10 @@ def test_client_section():
     assert error_of({"client": {"origin": "sipws.example.com"}}) == (
         "config: [client] origin: must be an origin like https://sipws.example.com, got 'sipws.example.com'"
     )
+
+
+def test_sip_udp_buffer_size():
+    assert load_config(None).sip.udp_buffer_size == 4 * 1024 * 1024
+    assert config_from_dict({"sip": {"udp_buffer_size": 0}}).sip.udp_buffer_size == 0
+    assert error_of({"sip": {"udp_buffer_size": -1}}) == "config: [sip] udp_buffer_size: must be >= 0, got -1"
+    assert "must be <=" in error_of({"sip": {"udp_buffer_size": 1 << 31}})

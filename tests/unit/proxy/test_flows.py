@@ -101,3 +101,14 @@ def test_subkeys_differ_per_label_start_and_key():
     assert a.subkey(b"branch") != a.subkey(b"tag")
     assert a.subkey(b"branch") != FlowTokens(b"key", b"m").subkey(b"branch")
     assert a.subkey(b"branch") != FlowTokens(b"other", b"n").subkey(b"branch")
+
+
+def test_checked_tokens_are_remembered_and_bad_ones_never():
+    tokens = FlowTokens(b"secret", b"nonce")
+    good = tokens.make(42)
+    assert tokens.check(good) == 42
+    assert tokens.check(good) == 42  # remembered
+    bad = good[:-1] + ("a" if good[-1] != "a" else "b")
+    for _ in range(2):
+        with pytest.raises(BadFlowToken):
+            tokens.check(bad)

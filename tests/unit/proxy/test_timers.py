@@ -92,3 +92,17 @@ def test_cancelled_entries_are_compacted():
     assert len(queue._heap) <= 2 + COMPACT_SLACK
     clock.advance(100)
     assert log == [("keep", "ring")]
+
+
+def test_owners_timer_table_is_not_tracked_by_the_collector():
+    """Only integers in it: thousands of lingering transactions add nothing to a full GC."""
+    import gc
+
+    clock, log = Clock(), []
+    queue = TimerQueue(clock)
+    owner = Owner(log, "a")
+    queue.set(owner, "x", 1.0, ring)
+    queue.set(owner, "y", 2.0, ring)
+    assert not gc.is_tracked(owner._timers)
+    clock.advance(2.0)
+    assert log == [("a", "ring"), ("a", "ring")]

@@ -156,7 +156,12 @@ def test_client_non_invite_proceeding_uses_t2_and_timer_k():
     clock.advance(0.2)
     assert len(sent) == 3
     txn.receive_response(resp(req, 200))
-    assert txn.state == COMPLETED
+    # Timer K: the object ends; its key alone absorbs retransmitted finals for T4.
+    assert txn.state == TERMINATED and txn.key in table.absorbing
+    again = table.find_client(resp(req, 200))
+    assert again is not None and again.context is None
+    again.receive_response(resp(req, 200))
+    assert len(sent) == 3 and user.events.count(("response", 200)) == 1
     clock.advance(T.t4 - 0.1)
     assert len(table) == 1
     clock.advance(0.2)

@@ -470,3 +470,29 @@ def test_small_uri_limit_applies_to_fast_path_values():
     with pytest.raises(SipParseError) as info:
         parse(data, limits)
     assert info.value.status == 414
+
+
+def test_remembered_values_are_checked_per_kind_and_keep_every_rule():
+    """Values seen valid are not checked again (a dialog repeats them), but only for
+    the same kind of header; the per-message rules still apply on a cache hit."""
+    from sipws.sip import SipParseError, parse
+
+    def msg(via="SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKcache1", call_id="cache-1@x",
+            cseq="1 OPTIONS", method="OPTIONS", extra=""):
+        return (f"{method} sip:a@example.com SIP/2.0\r\nVia: {via}\r\nFrom: <sip:b@example.com>;tag=1\r\n"
+                f"To: <sip:a@example.com>\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n{extra}"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    first = parse(msg())
+    again = parse(msg())
+    assert again == first and again.vias[0].branch == "z9hG4bKcache1"
+    # A Call-ID seen valid is no free pass as a Via.
+    parse(msg(call_id="token-only"))
+    with pytest.raises(SipParseError):
+        parse(msg(via="token-only"))
+    # CSeq remembered for OPTIONS: the method must still match the request's.
+    with pytest.raises(SipParseError):
+        parse(msg(method="INFO"))
+    # Content-Length remembered: a second, different one is still a conflict.
+    with pytest.raises(SipParseError):
+        parse(msg(extra="Content-Length: 5\r\n"))
