@@ -6,14 +6,19 @@ timeout = 30`` so the sweep pings every connection during the run, ``[ws]
 max_connections`` = N).  sipws raises its own open-file limit at start-up; the bench
 prints the line it logged.
 
-Load: ``--generators`` processes (default 2, ``nice``d), each with its own raised
+Load: one load generator process per sipws instance (``nice``d), each with its own raised
 RLIMIT_NOFILE, each a plain epoll loop over raw non-blocking sockets: bind to one of
 ``SOURCE_ADDRESSES`` loopback source addresses (127.0.0.2 ...; IP_BIND_ADDRESS_NO_PORT)
 before connect, so the 28,000 ephemeral ports per (source, destination) pair are no
-limit; send the upgrade (``Sec-WebSocket-Protocol: sip``, an Origin), check the 101;
-then answer every Ping with a Pong (masked, same payload) and do nothing else.
+limit; send the upgrade (``Sec-WebSocket-Protocol: sip``, an Origin; with
+``--compression`` also a permessage-deflate offer), check the 101; then answer every
+Ping with a Pong (masked, same payload) and do nothing else.
 
-Measured, sipws alone (its pid, from /proc):
+Instances: one sipws process holds at most (hard open-file limit - FD_RESERVE -
+INSTANCE_MARGIN) connections; when N is more (the hard limit here is 20,000 and cannot
+be raised: no CAP_SYS_RESOURCE), the bench starts enough independent instances and sums.
+
+Measured, sipws alone (its pids, from /proc):
 - RSS per connection: VmRSS after a warm-up (WARMUP connections opened and reset) and
   again once all N are open and every connection has been pinged and has answered at
   least once (TIMEOUT + SETTLE seconds after the last one opened); (after - before) / N.
@@ -32,7 +37,7 @@ Kamailio for memory and CPU, and sipws against the issue's budget (8 KB per conn
 5 % of a core).  ``--no-kamailio`` skips the reference.  KB = 1000 bytes.
 
 Run (as root for N over the hard limit; with ``uptime`` load low):
-  python bench/idle_connections.py                          # 100,000 connections, 2 generators
+  python bench/idle_connections.py                          # 100,000 connections
   python bench/idle_connections.py --connections 20000 --no-kamailio
   python bench/idle_connections.py --compression            # [ws] compression = true, offered by the clients
   python bench/idle_connections.py --generate ...           # (internal) one load generator
