@@ -82,6 +82,8 @@ class WsConfig:
     port: int = 80
     resource: str = "/"
     handshake_timeout: float = 5.0
+    #: Server role: open connections accepted on these listeners at once; 0 = no cap of its own.
+    max_connections: int = 0
     send_timeout: float = 10.0
     max_msg_chunks: int = 16
     max_message_size: int = 65535
@@ -98,6 +100,8 @@ class WssConfig:
     port: int = 443
     resource: str = "/"
     handshake_timeout: float = 5.0
+    #: Server role: open connections accepted on these listeners at once; 0 = no cap of its own.
+    max_connections: int = 0
     send_timeout: float = 10.0
     max_msg_chunks: int = 16
     max_message_size: int = 65535
@@ -595,6 +599,7 @@ _COMMON_WS = {
     "port": _port,
     "resource": _resource,
     "handshake_timeout": _positive_float,
+    "max_connections": _int_range(0),
     "send_timeout": _positive_float,
     "max_msg_chunks": _int_range(1, 65535),
     "max_message_size": _int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),

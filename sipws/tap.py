@@ -71,6 +71,9 @@ class SipwsService(MultiService):
         self._message_handler: MessageHandler = self._log_message
         #: Listening ports of every layer, for tests and the start-up log.
         self.ports: dict[str, list[Any]] = {}
+        #: True when twistd runs this service as the process (makeService): only
+        #: then are process-wide settings changed (the open-file limit, sipws.fdlimit).
+        self.owns_process = False
 
     # -- message hand-off -------------------------------------------------
 
@@ -133,6 +136,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
     for module_name in (
         "sipws.logsetup",
         "sipws.memory",
+        "sipws.fdlimit",
         "sipws.trace.tracer",
         "sipws.transport.tls_store",
         "sipws.transport.ws_server",
@@ -185,8 +189,11 @@ def makeService(options: Options) -> SipwsService:
         if config.server.workers > 1:
             from sipws.workers.master import build_master
 
-            return build_master(config, options["config"])
-        return build_service(config)
+            root = build_master(config, options["config"])
+        else:
+            root = build_service(config)
+        root.owns_process = True
+        return root
     except (ConfigError, StartupError) as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits

@@ -196,7 +196,7 @@ class SipClientFactory(WebSocketClientFactory):
 
 
 class _NoSweeper:
-    def wake_at(self, when: float) -> None:
+    def wake_at(self, when: float, record: Any = None) -> None:
         return None
 
 

@@ -40,6 +40,12 @@ SENDABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010
 MAX_CLOSE_REASON = 123
 #: Seconds the close handshake may take before the TCP connection is dropped.
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
+#: First byte of a final Ping / Pong frame (FIN, opcode 0x9 / 0xA), and their payload limit.
+PING_HEAD = 0x89
+PONG_HEAD = 0x8A
+MAX_CONTROL_PAYLOAD = 125
+#: Second byte's MASK bit (every client-to-server frame has it).
+MASK_BIT = 0x80
 
 
 def close_code_allowed(code: int) -> bool:
@@ -157,6 +163,7 @@ class SipWebSocketMixin:
         self._failed = False
         self.paused_since: float | None = None
         self.keepalive_at = 0.0
+        self.keepalive_slot = -1  # the keep-alive wheel's booking (keepalive.py)
         root.connections.add(self.record)
         root.tracer.connection_made(self.record)
 
@@ -353,14 +360,30 @@ class SipWebSocketMixin:
         if self.state != WebSocketProtocol.STATE_OPEN:
             return False
         self.factory.root.stats.incr("ws.frames_out")
-        self.sendPing(payload)
+        if not self._write_control(PING_HEAD, payload):
+            self.sendPing(payload)
         return True
 
     def send_pong(self, payload: bytes) -> bool:
         if self.state != WebSocketProtocol.STATE_OPEN:
             return False
         self.factory.root.stats.incr("ws.frames_out")
-        self.sendPong(payload)
+        if not self._write_control(PONG_HEAD, payload):
+            self.sendPong(payload)
+        return True
+
+    def _write_control(self, head: int, payload: bytes) -> bool:
+        """Write a server's (unmasked) keep-alive frame straight to the transport.
+
+        The keep-alive sweep sends one per idle connection per timeout; Autobahn's
+        ``sendFrame`` rebuilds the same few bytes each time.  False (the caller
+        goes through Autobahn) for the client role, whose frames are masked.
+        Autobahn's send queue stays empty in sipws (no chopped or synchronous
+        writes), so writing to the transport keeps the order of frames.
+        """
+        if not self.factory.isServer or len(payload) > MAX_CONTROL_PAYLOAD:
+            return False
+        self.transport.write(bytes((head, len(payload))) + payload)
         return True
 
     def abort(self, why: str = "aborted") -> None:
@@ -374,7 +397,7 @@ class SipWebSocketMixin:
     def pauseProducing(self) -> None:
         if self.paused_since is None:
             self.paused_since = self.factory.root.reactor.seconds()
-            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout)
+            self.factory.sweeper.wake_at(self.paused_since + self.factory.send_timeout, self.record)
 
     def resumeProducing(self) -> None:
         self.paused_since = None

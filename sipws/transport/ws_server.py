@@ -30,17 +30,23 @@ from twisted.logger import Logger
 from sipws.config import Config, HostPort
 from sipws.errors import StartupError
 from sipws.transport import deflate, handshake, ws_fastpath
-from sipws.transport.connections import OPEN, SERVER
+from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
 from sipws.transport.static_files import StaticFiles
 from sipws.transport.ws_common import (
-    ClosedHook, SipWebSocketMixin, protocol_class_with_options, protocol_options, wait_until_gone,
+    MASK_BIT, MAX_CONTROL_PAYLOAD, PONG_HEAD, ClosedHook, SipWebSocketMixin, protocol_class_with_options,
+    protocol_options, wait_until_gone,
 )
 
 log = Logger(namespace="sipws.ws")
 
 #: What replaces a connection's parsed request headers once it is open (shared, read-only).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+#: What replaces per-connection lists Autobahn no longer needs once it is open (shared, read-only).
+NO_ITEMS: tuple = ()
+
+#: First byte of a read that may be a lone keep-alive Pong (see _lone_pong).
+LONE_PONG_FIRST = bytes((PONG_HEAD,))
 
 #: Seconds stopService waits for closing connections before aborting them.
 SHUTDOWN_GRACE = 3.0
@@ -58,11 +64,15 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
         self._enter_table(SERVER)
+        # every connection of a listener shares one local-address tuple
+        self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Any) -> None:
         reason = self._note_tls_failure(reason)
+        if self.record.state in (OPEN, CLOSING):  # it counted towards [ws] max_connections
+            self.factory.open_connections -= 1
         self._leave_table()
         super().connectionLost(reason)
 
@@ -79,12 +89,28 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._mark_alive()
         if self._refused is not None or self._served is not None or self._failed:
             return  # refused, answered or failed: ignore whatever else the client sends
+        if data[:1] == LONE_PONG_FIRST and self._lone_pong(data):
+            return
         if (self.state == WebSocketProtocol.STATE_OPEN and not self.data and self.current_frame is None
                 and not self.inside_message and self._perMessageCompress is None):
             data = ws_fastpath.take_frames(self, data)  # plain whole frames; the rest to Autobahn
             if not data:
                 return
-        super().dataReceived(data)
+        # Autobahn's own dataReceived only adds a debug log call: go to its parser directly.
+        self._dataReceived(data)
+
+    def _lone_pong(self, data: bytes) -> bool:
+        """A read holding exactly one complete masked Pong, between frames: the answer to a
+        keep-alive Ping, taken without Autobahn's frame parser (the peer is alive, which
+        ``_mark_alive`` noted; Autobahn would only call ``onPong``)."""
+        if self.state != WebSocketProtocol.STATE_OPEN or self.data or self.current_frame is not None:
+            return False
+        second = data[1] if len(data) > 1 else 0
+        length = second & 0x7F
+        if not second & MASK_BIT or length > MAX_CONTROL_PAYLOAD or len(data) != 6 + length:
+            return False
+        self.onPong(data[6:])
+        return True
 
     def _send(self, data: bytes, binary: bool) -> None:
         """One unmasked frame written directly when nothing is queued and no
@@ -116,6 +142,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         if self.factory.static_files is not None and parsed.header("upgrade") is None:
             return self._serve_file(parsed)
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
+        if refusal is None:
+            refusal = self.factory.over_capacity()
         if refusal is not None:
             return self._refuse(refusal, head)
         self._request = parsed
@@ -193,6 +221,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record = self.record
         root = self.factory.root
         record.state = OPEN
+        self.factory.open_connections += 1
         record.subprotocol = self.websocket_protocol_in_use or ""
         root.stats.incr("ws.handshakes_ok")
         response = self.http_response_data
@@ -209,6 +238,17 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.http_request_data = None
         self.http_headers = NO_HEADERS  # Autobahn reads them only during the handshake
         self.http_status_line = ""
+        # Idle-connection memory (bench/idle_connections.py): Autobahn's other copies of the
+        # request, read only during the handshake; its event-emitter tables, used only with
+        # .on() listeners (sipws has none: ObservableMixin's class-level None then applies);
+        # and its send queue, used only for chopped or synchronous writes, which sipws never
+        # makes (one shared immutable empty queue instead of a deque per connection).
+        self.websocket_protocols = self.websocket_extensions = NO_ITEMS
+        self.websocket_origin = self._wskey = ""
+        self.http_request_params = NO_HEADERS
+        self.__dict__.pop("_valid_events", None)
+        self.__dict__.pop("_results", None)
+        self.send_queue = NO_ITEMS
         log.info(
             "opened {conn} origin={origin}",
             conn=record.describe(),
@@ -240,6 +280,11 @@ class SipServerFactory(WebSocketServerFactory):
         self.max_msg_chunks = section.max_msg_chunks
         self.send_timeout = section.send_timeout
         self.deflate = deflate.DeflateSettings.from_section(section)
+        #: The listeners' (host, port), one tuple shared by their connections' records.
+        self.local_addresses: dict[tuple[str, int], tuple[str, int]] = {}
+        #: [ws]/[wss] max_connections (0 = no cap) and the open connections it counts.
+        self.max_connections = section.max_connections
+        self.open_connections = 0
         self.policy = handshake.HandshakePolicy(
             resource=section.resource,
             require_origin=config.http.require_origin,
@@ -262,6 +307,14 @@ class SipServerFactory(WebSocketServerFactory):
         #: [http] document_root: plain GETs answered with files (None = off).
         self.static_files = StaticFiles(config.http.document_root) if config.http.document_root else None
         self.fire_closed = ClosedHook(config)
+
+    def over_capacity(self) -> handshake.Refusal | None:
+        """503 when this listener kind already holds [ws]/[wss] max_connections open connections."""
+        cap = self.max_connections
+        if cap and self.open_connections >= cap:
+            self.root.stats.incr("ws.over_capacity")
+            return handshake.Refusal(503, f"too many connections ([{self.transport_name}] max_connections {cap})")
+        return None
 
 
 class WsServerService(Service):

@@ -423,13 +423,14 @@ class Master(SipwsService):
 
 def build_master(config: Config, config_path: Optional[str], reactor: Any = None) -> Master:
     """The service tree of a master: logging, memory upkeep, standalone core, workers, admin."""
-    from sipws import logsetup, memory
+    from sipws import fdlimit, logsetup, memory
     from sipws.admin import rpc
     from sipws.transport import standalone
 
     master = Master(config, config_path, reactor)
     logsetup.install(master)
     memory.install(master)
+    fdlimit.install(master)  # workers inherit the raised open-file limit
     standalone.install(master)
     master.supervisor = Supervisor(master)
     master.supervisor.setServiceParent(master)

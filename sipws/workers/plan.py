@@ -90,10 +90,19 @@ def worker_config(config: Config, index: int, standalone_upstream: str = "") -> 
         changes["upstream"] = standalone_upstream
         if not any(entry.transport == "tcp" for entry in listen):
             changes["listen"] = listen + (SipListen("tcp", LOOPBACK, 0),)
+    workers = config.server.workers
     return config.replace(
         sip=dataclasses.replace(sip, **changes),
         admin=dataclasses.replace(config.admin, listen=""),
+        # [ws]/[wss] max_connections is per instance: each worker takes its share
+        ws=dataclasses.replace(config.ws, max_connections=worker_share(config.ws.max_connections, workers)),
+        wss=dataclasses.replace(config.wss, max_connections=worker_share(config.wss.max_connections, workers)),
     )
+
+
+def worker_share(max_connections: int, workers: int) -> int:
+    """One worker's part of an instance's max_connections (0 = no cap stays 0), rounded up."""
+    return -(-max_connections // max(workers, 1))
 
 
 # -- connection ids ------------------------------------------------------------------------

@@ -22,3 +22,17 @@ def test_autobahn_timings_still_print():
     timings = protocol.Timings()
     timings.track("x")
     assert isinstance(str(timings), str)
+
+
+def test_frame_log_arguments_are_lazy_and_format_the_same():
+    import autobahn.twisted.websocket as twisted_websocket
+    from autobahn.util import hltype, hlval
+
+    for module in (protocol, twisted_websocket):
+        assert module.hltype is autobahn_tuning.lazy_hltype
+        assert module.hlval is autobahn_tuning.lazy_hlval
+    lazy_type = protocol.hltype(test_autobahn_timings_still_print)
+    lazy_val = protocol.hlval(42)
+    assert isinstance(lazy_type, autobahn_tuning.LazyText)
+    assert str(lazy_type) == hltype(test_autobahn_timings_still_print)
+    assert formatEvent({"log_format": "{v} bytes", "v": lazy_val}) == f"{hlval(42)} bytes"
