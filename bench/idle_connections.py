@@ -366,13 +366,14 @@ def open_count(admin_port: int) -> int:
 
 
 def start_sipws(workdir: Path, connections: int, compression: bool, profile: str = "",
-                cap: bool = True) -> tuple[Any, int, int, Path]:
+                cap: bool = True, workers: int = 1) -> tuple[Any, int, int, Path]:
     import relay
 
     ws_port, admin_port = relay.free_port(), relay.free_port()
     config = workdir / "sipws.toml"
     config.write_text(
-        f'[ws]\nlisten = ["127.0.0.1:{ws_port}"]\n'
+        (f'[server]\nworkers = {workers}\n\n' if workers > 1 else "")
+        + f'[ws]\nlisten = ["127.0.0.1:{ws_port}"]\n'
         + (f"max_connections = {connections}\n" if cap else "")
         + ("compression = true\n" if compression else "")
         + f'\n[keepalive]\ntimeout = {TIMEOUT}\n\n'
@@ -385,6 +386,17 @@ def start_sipws(workdir: Path, connections: int, compression: bool, profile: str
     process = relay.Process("sipws", [str(twistd), "-n", "--pidfile=", f"--logfile={log}", *profiling, "sipws",
                                       "--config", str(config)], workdir / "sipws.out")
     relay.wait_listening(process, ws_port)
+    if workers > 1:  # the master listens at once; wait until every worker accepts
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                listing = admin_call(admin_port, "workers")["workers"]
+                if sum(1 for w in listing if w["state"] == "ready") == workers:
+                    break
+            except Exception:  # noqa: BLE001 - not answering yet
+                pass
+            time.sleep(POLL_INTERVAL)
+        process.pids = relay.descendants(process.pid)
     return process, ws_port, admin_port, log
 
 
@@ -451,6 +463,18 @@ def run_server(name: str, args: argparse.Namespace, workdir: Path, shares: list[
     admin_ports: list[int] = []
     try:
         targets = []
+        if name == "sipws" and args.one_instance and len(shares) > 1:
+            # One instance: a master and one worker per share (each worker a process with its
+            # own open-file limit), every generator aimed at the same port.
+            home = workdir / "sipws-0"
+            home.mkdir()
+            server, port, admin_port, log = start_sipws(home, sum(shares), args.compression, "",
+                                                        not args.no_max_connections, workers=len(shares))
+            admin_ports.append(admin_port)
+            result.update(log=log, instances=1, workers=len(shares))
+            servers.append(server)
+            targets = [(port, share) for share in shares]
+            shares = []
         for index, share in enumerate(shares):
             if name == "sipws":
                 home = workdir / f"sipws-{index}"
@@ -574,6 +598,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
     parser.add_argument("--window", type=int, default=IDLE_WINDOW, help="seconds of idle CPU measured")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the Kamailio reference")
+    parser.add_argument("--one-instance", action="store_true",
+                        help="when one process cannot hold them all: one sipws instance with a worker per "
+                             "share ([server] workers) instead of independent instances")
     parser.add_argument("--compression", action="store_true", help="sipws with [ws] compression = true")
     parser.add_argument("--profile", default="", help="cProfile each sipws instance into FILE.N")
     parser.add_argument("--no-max-connections", action="store_true",
@@ -598,8 +625,10 @@ def main(argv: list[str]) -> int:
     if instances > 1:
         print(f"open-file limit here: soft {limit}, hard {hard} (cannot be raised: no CAP_SYS_RESOURCE?); "
               f"one process holds at most {per_instance} connections ({FD_RESERVE} descriptors kept by sipws): "
-              f"{instances} sipws instances of {shares[0]} connections, one load generator each; "
-              f"the Kamailio reference holds {shares[0]} (its tcp_main has the same limit)", flush=True)
+              + (f"one sipws instance with {instances} workers of about {shares[0]} connections each "
+                 f"([server] workers), {instances} load generators; " if args.one_instance else
+                 f"{instances} sipws instances of {shares[0]} connections, one load generator each; ")
+              + f"the Kamailio reference holds {shares[0]} (its tcp_main has the same limit)", flush=True)
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="sipws-idle-") as tmp:
