@@ -283,7 +283,7 @@ class SipWebSocketMixin:
         record = self.record
         if payload in CRLF_KEEPALIVES:
             root.stats.incr("ws.crlf_keepalives")
-            self._send(CRLF_REPLY, False)
+            self._send_message(CRLF_REPLY, False)
             return
         size = len(payload)
         record.messages_in += 1
@@ -319,7 +319,7 @@ class SipWebSocketMixin:
             binary = False
         except UnicodeDecodeError:
             binary = True
-        self._send(data, binary)
+        self._send_message(data, binary)
         record = self.record
         root = self.factory.root
         record.messages_out += 1
@@ -333,7 +333,7 @@ class SipWebSocketMixin:
             )
         return True
 
-    def _send(self, data: bytes, binary: bool) -> None:
+    def _send_message(self, data: bytes, binary: bool) -> None:
         self.factory.root.stats.incr("ws.frames_out")
         self.sendMessage(data, isBinary=binary)
 

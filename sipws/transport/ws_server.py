@@ -112,7 +112,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.onPong(data[6:])
         return True
 
-    def _send(self, data: bytes, binary: bool) -> None:
+    def _send_message(self, data: bytes, binary: bool) -> None:
         """One unmasked frame written directly when nothing is queued and no
         extension is in use (ws_fastpath); otherwise through Autobahn."""
         limit = self.maxMessagePayloadSize
@@ -121,7 +121,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             self.factory.root.stats.incr("ws.frames_out")
             self.transport.write(ws_fastpath.frame_header(len(data), binary) + data)
             return
-        super()._send(data, binary)
+        super()._send_message(data, binary)
 
     def processHandshake(self) -> None:
         """Apply sipws's handshake policy, then let Autobahn finish the upgrade."""
