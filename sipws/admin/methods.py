@@ -13,6 +13,7 @@ details on the wire (the traceback goes to the log).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -380,7 +381,7 @@ def registrar_dump(root: Any) -> dict[str, Any]:
     if standalone is None or not standalone.enabled:
         raise AdminError("standalone mode is off ([sip] upstream is set): the core keeps the bindings",
                          NOT_AVAILABLE)
-    return registrar_listing(standalone, _flow_ids(root))
+    return registrar_listing(standalone, flow_ids(root))
 
 
 def registrar_listing(standalone: Any, flows: dict[str, int]) -> dict[str, Any]:
@@ -397,14 +398,12 @@ def registrar_listing(standalone: Any, flows: dict[str, int]) -> dict[str, Any]:
 def workers(root: Any) -> dict[str, Any]:
     """The worker processes; a single process is its own only worker (a master answers in
     sipws.workers.admin)."""
-    import os
-
     return {"master_pid": None, "workers": [{
         "index": 0, "pid": os.getpid(), "state": "ready", "uptime": None, "restarts": 0,
         "connections": len(root.connections)}]}
 
 
-def _flow_ids(root: Any) -> dict[str, int]:
+def flow_ids(root: Any) -> dict[str, int]:
     """Flow token -> connection id of every open server connection (for registrar.dump)."""
     relay = getattr(root, "relay", None)
     if relay is None:

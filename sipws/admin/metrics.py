@@ -25,17 +25,17 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def metric_name(*parts: str) -> str:
+def metric_name(*parts: str, prefix: str = PREFIX) -> str:
     """A valid Prometheus name from dotted or free-form parts."""
-    return _INVALID.sub("_", "_".join((PREFIX,) + parts))
+    return _INVALID.sub("_", "_".join((prefix,) + parts))
 
 
-def split_counter(name: str) -> tuple[str, str | None]:
+def split_counter(name: str, prefix: str = PREFIX) -> tuple[str, str | None]:
     """``sip.messages_in.udp`` → (``sipws_sip_messages_in``, ``udp``)."""
     parts = name.split(".")
     if len(parts) >= 3 and parts[-1] in TRANSPORT_SUFFIXES:
-        return metric_name(*parts[:-1]), parts[-1]
-    return metric_name(*parts), None
+        return metric_name(*parts[:-1], prefix=prefix), parts[-1]
+    return metric_name(*parts, prefix=prefix), None
 
 
 class SipwsCollector:
@@ -75,7 +75,7 @@ def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[st
     values = [value for _, value in labels]
 
     def name(*parts: str) -> str:
-        return _INVALID.sub("_", "_".join((prefix,) + parts))
+        return metric_name(*parts, prefix=prefix)
 
     def gauge(metric: str, text: str, value: Any) -> Metric:
         family = GaugeMetricFamily(metric, text, labels=names)
@@ -99,7 +99,7 @@ def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[st
     for key in ("queue_length", "queue_bytes"):
         if isinstance(trace.get(key), (int, float)) and not isinstance(trace.get(key), bool):
             yield gauge(name("trace", key), f"HEP tracer {key.replace('_', ' ')}", trace[key])
-    yield from _counters(stats.get("counters", {}), name, names, values)
+    yield from _counters(stats.get("counters", {}), prefix, names, values)
     sip = stats.get("sip")
     if sip:
         for key, value in sorted(_flatten(sip).items()):
@@ -113,12 +113,11 @@ def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[st
                     registrar.get("bindings", 0))
 
 
-def _counters(counters: dict[str, int], name: Any, names: list[str], values: list[str]) -> Iterator[Metric]:
+def _counters(counters: dict[str, int], prefix: str, names: list[str], values: list[str]) -> Iterator[Metric]:
     found: dict[str, tuple[CounterMetricFamily, bool]] = {}
     for counter, value in counters.items():
-        parts = counter.split(".")
-        labelled = len(parts) >= 3 and parts[-1] in TRANSPORT_SUFFIXES
-        family_name = name(*parts[:-1]) if labelled else name(*parts)
+        family_name, transport = split_counter(counter, prefix)
+        labelled = transport is not None
         entry = found.get(family_name)
         if entry is None:
             help_name = counter.rsplit(".", 1)[0] if labelled else counter
@@ -128,7 +127,7 @@ def _counters(counters: dict[str, int], name: Any, names: list[str], values: lis
         family, family_labelled = entry
         if family_labelled != labelled:
             continue  # a name clashing with a family of the other shape: keep the first
-        family.add_metric(([parts[-1]] if labelled else []) + values, value)
+        family.add_metric(([transport] if labelled else []) + values, value)
     for family, _ in found.values():
         yield family
 

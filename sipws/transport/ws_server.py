@@ -89,22 +89,21 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._mark_alive()
         if self._refused is not None or self._served is not None or self._failed:
             return  # refused, answered or failed: ignore whatever else the client sends
-        if data[:1] == LONE_PONG_FIRST and self._lone_pong(data):
-            return
-        if (self.state == WebSocketProtocol.STATE_OPEN and not self.data and self.current_frame is None
-                and not self.inside_message and self._perMessageCompress is None):
-            data = ws_fastpath.take_frames(self, data)  # plain whole frames; the rest to Autobahn
-            if not data:
+        if self.state == WebSocketProtocol.STATE_OPEN and not self.data and self.current_frame is None:
+            # between frames: the shortcuts below may take the read whole
+            if data[:1] == LONE_PONG_FIRST and self._lone_pong(data):
                 return
+            if not self.inside_message and self._perMessageCompress is None:
+                data = ws_fastpath.take_frames(self, data)  # plain whole frames; the rest to Autobahn
+                if not data:
+                    return
         # Autobahn's own dataReceived only adds a debug log call: go to its parser directly.
         self._dataReceived(data)
 
     def _lone_pong(self, data: bytes) -> bool:
         """A read holding exactly one complete masked Pong, between frames: the answer to a
         keep-alive Ping, taken without Autobahn's frame parser (the peer is alive, which
-        ``_mark_alive`` noted; Autobahn would only call ``onPong``)."""
-        if self.state != WebSocketProtocol.STATE_OPEN or self.data or self.current_frame is not None:
-            return False
+        ``_mark_alive`` noted; Autobahn would only call ``onPong``).  Called between frames only."""
         second = data[1] if len(data) > 1 else 0
         length = second & 0x7F
         if not second & MASK_BIT or length > MAX_CONTROL_PAYLOAD or len(data) != 6 + length:

@@ -38,10 +38,11 @@ from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
 from sipws.errors import StartupError
-from sipws.tap import SipwsService
+from sipws.tap import EXIT_CONFIG, SipwsService
 from sipws.transport.ws_server import LISTEN_BACKLOG
 from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import ID_BLOCK_SIZE, IdLeases, highest_port
+from sipws.workers.worker import EXIT_STARTUP
 
 log = Logger(namespace="sipws.master")
 
@@ -267,13 +268,12 @@ class Supervisor(Service):
         if handle.control is not None and handle.control.transport is not None:
             handle.control.transport.loseConnection()
         self.leases.forget(handle.index)
-        self.root.worker_gone(handle)
         if ended is not None:
             ended.callback(None)
         if self.stopping:
             log.info("{worker} stopped ({how})", worker=handle.describe(), how=how)
             return
-        if not handle.ever_ready and getattr(status, "exitCode", None) == 2:
+        if not handle.ever_ready and getattr(status, "exitCode", None) == EXIT_STARTUP:
             log.critical("{worker} could not start ({how}); stopping", worker=handle.describe(), how=how)
             self.root.fail_start()
             return
@@ -388,14 +388,11 @@ class Master(SipwsService):
         if standalone is not None and info.get("edge_tcp") and info.get("advertised_tcp"):
             standalone.dial_map[tuple(info["advertised_tcp"])] = tuple(info["edge_tcp"])
 
-    def worker_gone(self, handle: WorkerHandle) -> None:
-        pass
-
     def fail_start(self) -> None:
         """A worker cannot start: stop the instance with the start-up exit status."""
         if self.exit_status:
             return  # already stopping for this reason
-        self.exit_status = 2
+        self.exit_status = EXIT_CONFIG
         if self.reactor.running:
             self.reactor.stop()
         else:

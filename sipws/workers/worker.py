@@ -29,14 +29,16 @@ from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalL
 from sipws.config import ConfigError, load_config
 from sipws.errors import StartupError
 from sipws.logsetup import json_line, make_formatter
+from sipws.proxy.targets import NoRoute
+from sipws.tap import EXIT_CONFIG, build_service
 from sipws.transport.connections import SERVER
 from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import LeasedIds, worker_config
 
 log = Logger(namespace="sipws.worker")
 
-#: Exit status for a start-up failure (as the single process: a config or bind problem).
-EXIT_STARTUP = 2
+#: Exit status for a start-up failure: the single process's (a config or bind problem).
+EXIT_STARTUP = EXIT_CONFIG
 
 
 def _family(name: str) -> int:
@@ -76,14 +78,11 @@ class Worker:
         self.stopping = False
 
     def build(self) -> None:
-        from sipws.tap import build_service
-
         spec = self.spec
         config = load_config(spec.get("config"))
         config = worker_config(config, self.index, spec.get("standalone_upstream", ""))
         start_logging(self.index, config.log.level, config.log.format)
         root = build_service(config, self.reactor)
-        root.worker_index = self.index
         root.inherited_listeners = {
             kind: [(int(fd), _family(family)) for fd, family in entries]
             for kind, entries in spec.get("listeners", {}).items()
@@ -97,7 +96,7 @@ class Worker:
         self._connect_control(int(spec["control_fd"]))
 
     def _connect_control(self, fd: int) -> None:
-        handlers = {"admin": self._admin, "flows": self._flows, "ping": lambda: "pong"}
+        handlers = {"admin": self._admin, "flows": self._flows}
         self.control = ControlProtocol(handlers, self.reactor, on_lost=self._master_gone)
         factory = HandOver(self.control)
         self.reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
@@ -111,10 +110,9 @@ class Worker:
         return methods.call(self.root, method, params)
 
     def _flows(self) -> dict[str, int]:
-        relay = getattr(self.root, "relay", None)
-        if relay is None:
-            return {}
-        return {relay.tokens.make(r.id): r.id for r in self.root.connections if r.role == SERVER}
+        from sipws.admin import methods
+
+        return methods.flow_ids(self.root)
 
     # -- worker -> master ----------------------------------------------------------------
 
@@ -132,7 +130,7 @@ class Worker:
             try:
                 address = local.address_for("tcp")
                 advertised = [address.host, address.port]
-            except Exception:  # noqa: BLE001 - no tcp socket: nothing to map
+            except NoRoute:  # no tcp socket: nothing to map
                 advertised = None
         self.control.notify("hello", index=self.index, pid=os.getpid(), ports=ports,
                             edge_tcp=list(edge) if edge else None, advertised_tcp=advertised)
