@@ -31,6 +31,7 @@ from sipws.errors import StartupError
 from sipws.logsetup import json_line, make_formatter
 from sipws.proxy.targets import NoRoute
 from sipws.tap import EXIT_CONFIG, build_service
+from sipws.trace.errors import TraceNotConfigured
 from sipws.transport.connections import SERVER
 from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import LeasedIds, worker_config
@@ -88,6 +89,11 @@ class Worker:
             for kind, entries in spec.get("listeners", {}).items()
         }
         root.accepting = bool(spec.get("accepting", True))
+        if spec.get("trace") is not None:  # set by the admin `trace` since the instance started
+            try:
+                root.tracer.set_enabled(bool(spec["trace"]))
+            except TraceNotConfigured:
+                pass  # the master only remembers a state a worker accepted
         self.root = root
         self.ids = LeasedIds(int(spec["first_id"]), self._renew_ids, int(spec["id_block_size"]))
         root.connections.use_ids(self.ids)

@@ -490,3 +490,20 @@ def _tcp_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_trace_state_set_by_the_admin_reaches_a_restarted_worker(instance_factory, core):
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    try:
+        instance = instance_factory(f"sip:127.0.0.1:{core.port};transport=udp",
+                                    extra=f'[trace]\ndestination = "udp:127.0.0.1:{collector.getsockname()[1]}"\n')
+        assert instance.result("trace", state="on") == {"trace": "on"}
+        pids = instance.worker_pids()
+        os.kill(pids[1], signal.SIGKILL)
+        wait(lambda: instance.result("workers")["workers"][1]["state"] == "ready"
+             and instance.worker_pids()[1] != pids[1], WAIT * 2, "worker 1 restarted")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{instance.admin_port}/metrics", timeout=WAIT).read().decode()
+        assert re.search(r'^sipws_worker_trace_enabled\{worker="1"\} 1\.0$', page, re.M), page
+    finally:
+        collector.close()
