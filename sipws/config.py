@@ -92,6 +92,8 @@ class WsConfig:
     compression_max_window_bits: int = 12
     compression_no_context_takeover: bool = True
     compression_mem_level: int = 5
+    #: CIDRs whose connections begin with a PROXY protocol v1/v2 header; () = off.
+    proxy_protocol_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class WssConfig:
     compression_max_window_bits: int = 12
     compression_no_context_takeover: bool = True
     compression_mem_level: int = 5
+    proxy_protocol_from: tuple[str, ...] = ()
     certificate: str = ""
     private_key: str = ""
     ca_list: str = ""
@@ -126,6 +129,8 @@ class HttpConfig:
     cors_mode: int = 0
     #: Directory whose files plain GETs (no Upgrade) are answered from; "" = off.
     document_root: str = ""
+    #: CIDRs whose Forwarded / X-Forwarded-For headers name the client; () = none.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,55 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Authenticated handshakes (RFC 7118 §7), docs/security.md."""
+
+    #: A handshake without valid credentials is refused (401 none, 403 bad or expired).
+    required: bool = False
+    #: TURN REST API style credentials: username "EXPIRY:USER", credential base64(HMAC(secret, username)).
+    #: Several secrets: any of them verifies (rotation without restarting clients).
+    hmac_secrets: tuple[str, ...] = ()
+    hmac_algorithm: str = "sha256"
+    #: JWT (query access_token or cookie sipws_token): HS256 secret, or a PEM public key, or a JWKS file.
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_jwks: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_identity_claim: str = "sub"
+    #: package.module:callable deciding a handshake itself (identity, Deferred, or a denial).
+    hook: str = ""
+    #: The authenticated identity owns the connection: REGISTER To / initial From must name it.
+    bind_identity: bool = False
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The credential kinds configured, in the order they are tried."""
+        kinds = []
+        if self.hmac_secrets:
+            kinds.append("hmac")
+        if self.jwt_secret or self.jwt_public_key or self.jwt_jwks:
+            kinds.append("jwt")
+        if self.hook:
+            kinds.append("hook")
+        return tuple(kinds)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-source limits, per instance (across workers); 0 = no limit.  docs/security.md."""
+
+    #: Open WebSocket connections from one client address (a NAT of browsers is one address).
+    max_connections_per_ip: int = 1000
+    #: Handshakes one client address may start per second, after a burst of this many.
+    handshakes_per_ip_per_second: float = 50.0
+    handshakes_per_ip_burst: int = 500
+    #: Messages one connection may send per second, after a burst of this many.
+    messages_per_connection_per_second: float = 100.0
+    messages_per_connection_burst: int = 500
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -240,6 +294,8 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole sections replaced (tests build variants this way)."""
@@ -566,6 +622,33 @@ def resolve_callable(key: str, ref: str) -> Callable[..., Any]:
     return target
 
 
+def _cidrs(key: str, value: Any) -> tuple[str, ...]:
+    """A list of addresses or CIDRs, normalised (``10.0.0.0/8``, ``::1/128``)."""
+    from sipws.edge.networks import BadNetwork, parse_network
+
+    result = []
+    for item in _string_list(key, value):
+        try:
+            result.append(str(parse_network(item)))
+        except BadNetwork as exc:
+            raise ConfigError(key, str(exc)) from None
+    return tuple(result)
+
+
+def _secrets(key: str, value: Any) -> tuple[str, ...]:
+    items = _string_list(key, value)
+    if any(not item for item in items):
+        raise ConfigError(key, "an empty secret verifies nothing")
+    return tuple(items)
+
+
+def _rate(key: str, value: Any) -> float:
+    value = _expect(key, value, float)
+    if value < 0:
+        raise ConfigError(key, f"must be >= 0 (0 = no limit), got {value}")
+    return value
+
+
 def _window_bits(key: str, value: Any) -> int:
     """9..15: RFC 7692 allows 8, but zlib cannot compress raw deflate with an 8-bit window."""
     if value == 8 and not isinstance(value, bool):
@@ -607,6 +690,7 @@ _COMMON_WS = {
     "compression_max_window_bits": _window_bits,
     "compression_no_context_takeover": _bool,
     "compression_mem_level": _int_range(1, 9),
+    "proxy_protocol_from": _cidrs,
 }
 
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
@@ -632,6 +716,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "allowed_origins": _origins,
             "cors_mode": _int_range(0, 2),
             "document_root": _directory,
+            "trusted_proxies": _cidrs,
         },
     ),
     "keepalive": (
@@ -698,6 +783,32 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
     "events": (EventsConfig, {"on_closed": _callable_ref}),
     "log": (LogConfig, {"level": _choice(*LOG_LEVELS), "format": _choice("text", "json")}),
     "server": (ServerConfig, {"workers": _workers}),
+    "auth": (
+        AuthConfig,
+        {
+            "required": _bool,
+            "hmac_secrets": _secrets,
+            "hmac_algorithm": _choice("sha256", "sha1"),
+            "jwt_secret": _str,
+            "jwt_public_key": _readable_path("file"),
+            "jwt_jwks": _readable_path("file"),
+            "jwt_audience": _str,
+            "jwt_issuer": _str,
+            "jwt_identity_claim": _str,
+            "hook": _callable_ref,
+            "bind_identity": _bool,
+        },
+    ),
+    "limits": (
+        LimitsConfig,
+        {
+            "max_connections_per_ip": _int_range(0),
+            "handshakes_per_ip_per_second": _rate,
+            "handshakes_per_ip_burst": _int_range(1),
+            "messages_per_connection_per_second": _rate,
+            "messages_per_connection_burst": _int_range(1),
+        },
+    ),
 }
 
 
@@ -742,6 +853,16 @@ def _check_cross(config: Config) -> None:
     if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
         raise ConfigError("[registrar] default_expires",
                           f"must be between min_expires and max_expires, got {registrar.default_expires}")
+    auth = config.auth
+    if (auth.required or auth.bind_identity) and not auth.methods:
+        which = "required" if auth.required else "bind_identity"
+        raise ConfigError(f"[auth] {which}", "needs hmac_secrets, jwt_secret, jwt_public_key, jwt_jwks or hook")
+    jwt_keys = [k for k in ("jwt_secret", "jwt_public_key", "jwt_jwks") if getattr(auth, k)]
+    if len(jwt_keys) > 1:
+        raise ConfigError(f"[auth] {jwt_keys[1]}", f"set only one of jwt_secret, jwt_public_key, jwt_jwks "
+                                                  f"(also set: {jwt_keys[0]})")
+    if not auth.jwt_identity_claim:
+        raise ConfigError("[auth] jwt_identity_claim", "must name a claim, got ''")
     if not config.sip.upstream and config.sip.advertise \
             and not any(entry.transport == "tcp" for entry in config.sip.listen):
         raise ConfigError("[sip] advertise", "standalone mode ([sip] upstream empty) with an advertised "
