@@ -9,7 +9,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Third-party peers the interop tests start themselves.
 APT_PACKAGES := kamailio kamailio-websocket-modules kamailio-tls-modules \
-	kamailio-utils-modules sip-tester sngrep tshark openssl chromium systemd
+	kamailio-utils-modules sip-tester sngrep tshark openssl chromium systemd \
+	haproxy nginx
 APT_STAMP := $(VENV)/.apt-installed
 NODE_DIR := tests/interop/js
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
@@ -52,7 +53,10 @@ run: $(STAMP) $(PHONE_STAMP)
 system-deps: $(APT_STAMP)
 
 # Installs the peers when run as root; otherwise only checks they are there
-# (the tests then fail naming what is missing).
+# (the tests then fail naming what is missing).  haproxy and nginx, when this
+# installs them, may start as system services (nginx on port 80); the tests run
+# their own processes with their own files, so those services are stopped and
+# disabled again (an haproxy or nginx installed before is left alone).
 $(APT_STAMP): Makefile | $(STAMP)
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -60,7 +64,15 @@ $(APT_STAMP): Makefile | $(STAMP)
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing:$$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+				|| exit 1; \
+			for s in haproxy nginx; do \
+				case " $$missing " in *" $$s "*) \
+					if [ -d /run/systemd/system ]; then systemctl disable --now $$s >/dev/null 2>&1 || true; \
+					elif [ -x /etc/init.d/$$s ]; then /etc/init.d/$$s stop >/dev/null 2>&1 || true; fi; \
+					echo "$$s: its system service (if the package started one) stopped and disabled: the tests run their own";; \
+				esac; \
+			done; \
 		else \
 			echo "not root: cannot install$$missing (tests needing them will fail)"; exit 0; \
 		fi; \
