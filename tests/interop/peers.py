@@ -8,6 +8,7 @@ on 127.0.0.1, and is stopped by its pid.  Waits are bounded.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import subprocess
@@ -115,6 +116,10 @@ class JsSipUa:
     uri: str
     answer: str = "auto"
     script: str = "ua.js"
+    #: More command-line options for the script (ua.js: --local, --sockets, --recovery, --autoregister…).
+    args: list[str] = field(default_factory=list)
+    #: Extra environment for Node (e.g. NODE_EXTRA_CA_CERTS for a test CA).
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     events: "queue.Queue[dict[str, Any]]" = field(default_factory=queue.Queue)
     seen: list[dict[str, Any]] = field(default_factory=list)
@@ -125,8 +130,9 @@ class JsSipUa:
         if not (HERE / "js" / "node_modules" / "sip.js").is_dir():
             raise AssertionError("tests/interop/js/node_modules is missing: run `make test` (npm install)")
         self.process = subprocess.Popen(
-            [node, str(script), "--ws", self.ws_url, "--uri", self.uri, "--answer", self.answer],
+            [node, str(script), "--ws", self.ws_url, "--uri", self.uri, "--answer", self.answer, *self.args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=HERE / "js",
+            env={**os.environ, **self.env} if self.env else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         self.expect("connected")

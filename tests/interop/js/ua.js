@@ -2,6 +2,12 @@
 // JSON events on stdout (one object per line).
 //
 //   node ua.js --ws ws://127.0.0.1:PORT --uri sip:alice@example.com [--answer auto|ring|none]
+//              [--sockets '[{"url":URL,"weight":N},...]']  (JsSIP's weighted sockets, instead of --ws)
+//              [--local 127.0.0.X]    (the local address the WebSocket connects from)
+//              [--recovery MIN,MAX]   (JsSIP's reconnect delay in seconds; default 600,600 = none in a test)
+//              [--autoregister]       (register on each connect, as a browser phone does: JsSIP
+//                                      re-registers by itself after it reconnects)
+//              [--header 'Name: value'] (an extra handshake header; repeatable)
 //
 // Commands: {"cmd":"register"} {"cmd":"message","target":URI,"body":TEXT}
 //           {"cmd":"call","target":URI}  {"cmd":"hangup"}  (BYE, or CANCEL while ringing)
@@ -51,15 +57,37 @@ function arg(name, fallback) {
 }
 function emit(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
 
-const wsUrl = arg('ws');
+function args(name) {
+  const out = [];
+  process.argv.forEach((a, i) => { if (a === '--' + name) out.push(process.argv[i + 1]); });
+  return out;
+}
+
 const uri = arg('uri');
 const answerMode = arg('answer', 'auto');
-const socket = new NodeWebSocket(wsUrl, { origin: 'https://phone.example.com', requestOptions: {} });
+const local = arg('local', null);
+const [recoveryMin, recoveryMax] = arg('recovery', '600,600').split(',').map(Number);
+const headers = {};
+args('header').forEach((h) => { const i = h.indexOf(':'); headers[h.slice(0, i).trim()] = h.slice(i + 1).trim(); });
+function nodeSocket(url) {
+  const requestOptions = local ? { localAddress: local } : {};
+  return new NodeWebSocket(url, { origin: 'https://phone.example.com', requestOptions, headers });
+}
+const socketList = arg('sockets', null)
+  ? JSON.parse(arg('sockets')).map((s) => ({ socket: nodeSocket(s.url), weight: s.weight || 0 }))
+  : [{ socket: nodeSocket(arg('ws')), weight: 0 }];
+const socket = socketList[0].socket;
 const ua = new JsSIP.UA({
-  sockets: [socket], uri, register: false, session_timers: false,
-  connection_recovery_min_interval: 600, connection_recovery_max_interval: 600,
+  sockets: socketList, uri, register: process.argv.includes('--autoregister'), session_timers: false,
+  connection_recovery_min_interval: recoveryMin, connection_recovery_max_interval: recoveryMax,
   register_expires: 600,
 });
+// The TCP socket under a connected JsSIP socket (the 'websocket' package's
+// W3CWebSocket keeps its connection in _connection): its local address and port.
+function localEnd(s) {
+  const tcp = s && s._ws && s._ws._connection && s._ws._connection.socket;
+  return tcp ? `${tcp.localAddress}:${tcp.localPort}` : null;
+}
 JsSIP.debug.disable('JsSIP:*');
 const callOptions = { mediaConstraints: { audio: false, video: false }, mediaStream: { getTracks: () => [], getAudioTracks: () => [], getVideoTracks: () => [] },
   sessionTimersExpires: 600 };
@@ -74,8 +102,9 @@ function watch(session, tag) {
     status: e.message && e.message.status_code ? e.message.status_code : null }));
 }
 
-ua.on('connected', () => emit({ event: 'connected' }));
-ua.on('disconnected', () => emit({ event: 'disconnected' }));
+ua.on('connected', (e) => emit({ event: 'connected', url: e.socket.socket.url, local: localEnd(e.socket.socket) }));
+ua.on('disconnected', (e) => emit({ event: 'disconnected', url: e.socket ? e.socket.url : null,
+  code: e.code === undefined ? null : e.code, error: !!e.error }));
 ua.on('registered', (e) => emit({ event: 'registered', status: e.response.status_code,
   contacts: e.response.getHeaders('contact'), own: ua.contact.uri.toString() }));
 ua.on('registrationFailed', (e) => emit({ event: 'registrationFailed', cause: e.cause,
@@ -123,7 +152,7 @@ const handlers = {
   hangup: () => { if (current) current.terminate(); },
   answer: () => { if (current) current.answer(callOptions); },
   calls: (cmd) => { manyCalls(cmd); },
-  drop: () => { if (socket._ws) socket._ws.close(); },
+  drop: () => { socketList.forEach((s) => { if (s.socket._ws) s.socket._ws.close(); }); },
   stop: () => { ua.stop(); setTimeout(() => process.exit(0), 300); },
 };
 
