@@ -273,11 +273,15 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
                             send_proxy=proxy_protocol)).start()
     url = f"wss://127.0.0.1:{haproxy.listen[1]}"
 
-    # Three phones through HAProxy (leastconn spreads them), one straight to the
-    # second instance from an address outside proxy_protocol_from (no PROXY header
-    # comes from it, and none is expected).
+    # Three phones through HAProxy (leastconn spreads them).  A fourth connects
+    # straight to the instances, from an address outside proxy_protocol_from (no
+    # PROXY header comes from it, and none is expected), with JsSIP's weighted
+    # sockets: the first instance while it is there, else the second (client-side
+    # failover, without a balancer).
     phones = [client(peers, url, user, f"127.0.0.{11 + i}", ca) for i, user in enumerate(("alice", "bob", "carol"))]
-    direct = client(peers, f"ws://127.0.0.1:{second.ws_port}", "dave", "127.0.0.14", ca)
+    sockets = [{"url": f"ws://127.0.0.1:{first.ws_port}", "weight": 10},
+               {"url": f"ws://127.0.0.1:{second.ws_port}", "weight": 1}]
+    direct = client(peers, sockets[0]["url"], "dave", "127.0.0.14", ca, "--sockets", json.dumps(sockets))
     everyone = [*phones, direct]
 
     # Where each phone landed, from the core's side: the Path stored with its
@@ -288,7 +292,7 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
         user = ua.uri.split(":")[1].split("@")[0]
         assert len(stored.get(user, [])) == 1, stored
         where[ua.uri] = through(stored[user][0], instances)
-    assert where[direct.uri] is second
+    assert where[direct.uri] is first
     on_first = [ua for ua in phones if where[ua.uri] is first]
     on_second = [ua for ua in phones if where[ua.uri] is second]
     assert on_first and on_second, f"HAProxy put every phone on one instance: {stored}"
@@ -317,18 +321,25 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
 
     # Across instances: first <-> second, MESSAGE both ways and a call; and the direct phone.
     messages_and_a_call(on_first[0], on_second[0])
-    messages_and_a_call(direct, on_first[0])
+    messages_and_a_call(direct, on_second[0])
 
     # The first instance stops: it closes its connections with 1001, its phones
-    # reconnect through HAProxy (which now reaches only the second) and register again.
+    # reconnect through HAProxy (which now reaches only the second) and register
+    # again; the direct phone moves to its second socket.
     # (twistd re-raises SIGTERM after its clean shutdown: -15, as in test_examples.)
     assert first.stop() in (0, -15), first.log_text()[-3000:]
     assert "Server Shut Down." in first.log_text()
-    for ua in on_first:
+    for ua in [*on_first, direct]:
         gone = ua.expect("disconnected", timeout=WAIT)
-        assert gone["code"] == 1001, gone
+        # Through HAProxy the phones see the Close 1001 (Going Away).  The direct
+        # phone gets the same Close frame, but Autobahn's server drops the TCP
+        # connection with a reset after the closing handshake (dropConnection(abort=True):
+        # SO_LINGER 0), and Node's 'websocket' reports a reset as 1006 whatever
+        # Close frame came before it; HAProxy ends the client side with a FIN.
+        assert gone["code"] == 1001 or (ua is direct and gone["code"] == 1006), gone
         back = ua.expect("connected", timeout=FAILOVER_WAIT)
         ua.local = back["local"]
+        assert back["url"] == (sockets[1]["url"] if ua is direct else url), back
         assert ua.expect("registered", timeout=FAILOVER_WAIT)["status"] == 200
     # The core now routes every phone through the second instance: re-registration
     # from the same Contact replaced the binding (and its Path) it had through the first.
