@@ -308,6 +308,13 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
             assert len(remotes) == len(mine), (instance.name, remotes, mine)
             if proxy_protocol:
                 assert remotes == {ua.local for ua in mine}, (instance.name, remotes, haproxy.log_text()[-2000:])
+                # ws.dump keeps the socket peer (HAProxy) beside the client's address.
+                for entry in instance.connections():
+                    via = entry["proxy_peer"]
+                    if entry["remote"] == direct.local:
+                        assert via is None, entry
+                    else:
+                        assert via is not None and host_of(via) == BALANCER_ADDRESS, entry
             else:
                 assert {ua.local for ua in mine if ua is not direct} & remotes == set()
                 assert {host_of(r) for r in remotes} - {host_of(direct.local)} == {BALANCER_ADDRESS}, remotes
@@ -316,6 +323,9 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
                 # sipws's own log names the address in its "opened" line.
                 assert any(f" {ua.local}->" in line for line in opened) == (proxy_protocol or ua is direct), (
                     ua.local, opened)
+                if proxy_protocol and ua is not direct:
+                    assert any(f" {ua.local}->" in line and f" via {BALANCER_ADDRESS}:" in line for line in opened), (
+                        ua.local, opened)
 
     check_addresses()
 
@@ -397,8 +407,12 @@ def test_nginx_terminating_tls_passes_the_clients_address_in_x_forwarded_for(pee
     hosts = sorted(host_of(c["remote"]) for c in connections)
     assert hosts == ["127.0.0.21", "127.0.0.22"], (connections, nginx.log_text()[-2000:])
     assert mallory.local in {c["remote"] for c in connections}
+    by_host = {host_of(c["remote"]): c for c in connections}
+    # ws.dump keeps nginx's own address beside alice's; mallory came straight.
+    assert host_of(by_host["127.0.0.21"]["proxy_peer"]) == BALANCER_ADDRESS, by_host
+    assert by_host["127.0.0.22"]["proxy_peer"] is None, by_host
     opened = sipws.opened_lines()
-    assert any(" 127.0.0.21:" in line for line in opened), opened
+    assert any(" 127.0.0.21:" in line and f" via {BALANCER_ADDRESS}:" in line for line in opened), opened
     assert not any("203.0.113.9" in line for line in opened), opened
     assert not any(f" {BALANCER_ADDRESS}:" in line.split("->")[0] for line in opened), opened
 
