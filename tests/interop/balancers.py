@@ -61,6 +61,9 @@ class HAProxy:
     #: False: the shipped file without its send-proxy-v2 (the control case: sipws
     #: then sees HAProxy's address, as any server behind a TCP balancer does).
     send_proxy: bool = True
+    #: False: TLS passes through to the instances' wss listeners, as the shipped
+    #: file's comment says ("drop ssl crt ... here"); ``certificate`` is unused.
+    tls: bool = True
     process: subprocess.Popen | None = None
 
     def config_text(self) -> str:
@@ -68,7 +71,8 @@ class HAProxy:
         if not self.send_proxy:
             text = replace_once(text, r"^(\s*default-server) send-proxy-v2 ", r"\1 ")
         host, port = self.listen
-        text = replace_once(text, r"^(\s*bind) :443 ssl crt \S+", rf"\1 {host}:{port} ssl crt {self.certificate}")
+        tls = f" ssl crt {self.certificate}" if self.tls else ""
+        text = replace_once(text, r"^(\s*bind) :443 ssl crt \S+", rf"\1 {host}:{port}{tls}")
         shipped = re.findall(r"^\s*server (\S+) \S+$", text, flags=re.M)
         assert len(shipped) == len(self.servers), f"the shipped file names {len(shipped)} servers: {shipped}"
         for name, (server_host, server_port) in zip(shipped, self.servers):

@@ -96,10 +96,13 @@ class Instance:
     workers: int = 1
     ws: dict[str, Any] = field(default_factory=dict)
     http: dict[str, Any] = field(default_factory=dict)
+    #: A [wss] section (listen on ``wss_port`` added), or None for none.
+    wss: dict[str, Any] | None = None
     process: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.ws_port = free_port()
+        self.wss_port = free_port()
         self.admin_port = free_port()
         self.sip_port = free_port_pair() if self.workers > 1 else free_port()
 
@@ -113,6 +116,7 @@ class Instance:
         config.write_text(dump_toml({
             "server": {"workers": self.workers},
             "ws": {"listen": [f"127.0.0.1:{self.ws_port}"], **self.ws},
+            **({"wss": {"listen": [f"127.0.0.1:{self.wss_port}"], **self.wss}} if self.wss is not None else {}),
             "http": self.http,
             "sip": {"listen": [f"udp:127.0.0.1:{self.sip_port}"],
                     "upstream": f"sip:127.0.0.1:{self.core_port};transport=udp"},
@@ -377,6 +381,28 @@ def test_control_without_the_proxy_protocol_the_instances_see_only_haproxys_addr
     everything works, but each instance sees HAProxy's address, which is what the
     test above tells apart from the clients' own."""
     scale_out(peers, tmp_path, pki, proxy_protocol=False)
+
+
+def test_haproxy_passing_tls_through_to_an_instances_wss_listener(peers, tmp_path, pki):
+    """The shipped file's other way: TLS ends at sipws ("drop ssl crt ..."), HAProxy
+    passes the bytes through after its PROXY v2 header, and sipws reads that header
+    before the TLS handshake ([wss] proxy_protocol_from)."""
+    ca, _ = pki
+    own = ca.issue("sipws", ["127.0.0.1"])
+    kamailio = peers(KamailioCore(tmp_path, free_port()))
+    kamailio.start()
+    sipws = peers(Instance("wss", tmp_path / "sipws", kamailio.port, wss={
+        "certificate": own.cert, "private_key": own.key, "proxy_protocol_from": [f"{BALANCER_ADDRESS}/32"]})).start()
+    haproxy = peers(HAProxy(tmp_path / "haproxy", ("127.0.0.1", free_port()),
+                            [("127.0.0.1", sipws.wss_port), ("127.0.0.1", free_port())], "", tls=False)).start()
+    alice = client(peers, f"wss://127.0.0.1:{haproxy.listen[1]}", "alice", "127.0.0.31", ca)
+    bob = client(peers, f"wss://127.0.0.1:{haproxy.listen[1]}", "bob", "127.0.0.32", ca)
+    # Both on the one instance (HAProxy's second server is not running).
+    connections = sipws.connections()
+    assert {c["remote"] for c in connections} == {alice.local, bob.local}, (connections, haproxy.log_text()[-2000:])
+    assert {c["transport"] for c in connections} == {"wss"}
+    assert all(host_of(c["proxy_peer"]) == BALANCER_ADDRESS for c in connections), connections
+    messages_and_a_call(alice, bob)
 
 
 # ------------------------------------------------------------------ nginx
