@@ -64,6 +64,8 @@ class HAProxy:
     #: False: TLS passes through to the instances' wss listeners, as the shipped
     #: file's comment says ("drop ssl crt ... here"); ``certificate`` is unused.
     tls: bool = True
+    #: Replaces the file's ``timeout tunnel`` (the idle timeout of an established connection).
+    tunnel_timeout: str = ""
     process: subprocess.Popen | None = None
 
     def config_text(self) -> str:
@@ -73,6 +75,8 @@ class HAProxy:
         host, port = self.listen
         tls = f" ssl crt {self.certificate}" if self.tls else ""
         text = replace_once(text, r"^(\s*bind) :443 ssl crt \S+", rf"\1 {host}:{port}{tls}")
+        if self.tunnel_timeout:
+            text = replace_once(text, r"^(\s*timeout tunnel) \S+$", rf"\1 {self.tunnel_timeout}")
         shipped = re.findall(r"^\s*server (\S+) \S+$", text, flags=re.M)
         assert len(shipped) == len(self.servers), f"the shipped file names {len(shipped)} servers: {shipped}"
         for name, (server_host, server_port) in zip(shipped, self.servers):

@@ -98,6 +98,8 @@ class Instance:
     http: dict[str, Any] = field(default_factory=dict)
     #: A [wss] section (listen on ``wss_port`` added), or None for none.
     wss: dict[str, Any] | None = None
+    #: More sections ({"keepalive": {...}}).
+    more: dict[str, dict[str, Any]] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +123,7 @@ class Instance:
             "sip": {"listen": [f"udp:127.0.0.1:{self.sip_port}"],
                     "upstream": f"sip:127.0.0.1:{self.core_port};transport=udp"},
             "admin": {"listen": f"tcp:{self.admin_port}:interface=127.0.0.1"},
+            **self.more,
         }))
         self.log_path = self.run_dir / "sipws.log"
         self.log = open(self.log_path, "wb")
@@ -204,16 +207,18 @@ def pki(tmp_path):
     return ca, ca.issue("balancer", ["127.0.0.1", "localhost"])
 
 
-def client(peers, url: str, user: str, local: str, ca: CertificateAuthority, *more: str) -> JsSipUa:
+def client(peers, url: str, user: str, local: str, ca: CertificateAuthority, *more: str,
+           register: bool = True) -> JsSipUa:
     """A JsSIP phone as a browser runs it: registers on every connect and reconnects by itself."""
     ua = peers(JsSipUa(url, f"sip:{user}@example.com",
-                       args=["--local", local, "--autoregister", "--recovery", RECOVERY, *more],
+                       args=["--local", local, "--recovery", RECOVERY, *more] + (["--autoregister"] if register else []),
                        env={"NODE_EXTRA_CA_CERTS": ca.path}))
     ua.start()
     ua.local = ua.seen[-1]["local"]
     assert host_of(ua.local) == local, ua.seen[-1]
-    registered = ua.expect("registered")
-    assert registered["status"] == 200, registered
+    if register:
+        registered = ua.expect("registered")
+        assert registered["status"] == 200, registered
     return ua
 
 
@@ -403,6 +408,42 @@ def test_haproxy_passing_tls_through_to_an_instances_wss_listener(peers, tmp_pat
     assert {c["transport"] for c in connections} == {"wss"}
     assert all(host_of(c["proxy_peer"]) == BALANCER_ADDRESS for c in connections), connections
     messages_and_a_call(alice, bob)
+
+
+#: HAProxy's idle timeout in the next test (the shipped file has 1 h), seconds.
+TUNNEL_TIMEOUT = 2.5
+
+
+def test_sipws_keepalive_keeps_a_quiet_phone_connected_through_haproxys_tunnel_timeout(peers, tmp_path, pki):
+    """HAProxy closes a connection idle for `timeout tunnel`.  A phone that sends
+    nothing stays connected through it when sipws Pings it sooner ([keepalive]
+    timeout = 0.5 s, swept every 0.25 s, < 2.5 s), and is cut when nothing pings ([keepalive] mechanism =
+    "none"): the rule in docs/deployment.md, idle timeouts.  (No PROXY header here:
+    this is about timeouts only.)"""
+    ca, cert = pki
+    pinging = peers(Instance("pinging", tmp_path / "pinging", free_port(), more={"keepalive": {"timeout": 0.5, "interval": 0.25}}))
+    silent = peers(Instance("silent", tmp_path / "silent", free_port(), more={"keepalive": {"mechanism": "none"}}))
+    urls = []
+    for instance in (pinging.start(), silent.start()):
+        haproxy = peers(HAProxy(tmp_path / f"haproxy-{instance.name}", ("127.0.0.1", free_port()),
+                                [("127.0.0.1", instance.ws_port), ("127.0.0.1", free_port())], cert.combined,
+                                send_proxy=False, tunnel_timeout=f"{int(TUNNEL_TIMEOUT * 1000)}ms")).start()
+        urls.append(f"wss://127.0.0.1:{haproxy.listen[1]}")
+    started = time.monotonic()
+    kept = client(peers, urls[0], "alice", "127.0.0.41", ca, register=False)
+    cut = client(peers, urls[1], "bob", "127.0.0.42", ca, register=False)
+    first = pinging.connections()
+    assert len(first) == 1, first
+
+    gone = cut.expect("disconnected", timeout=TUNNEL_TIMEOUT + WAIT)
+    assert time.monotonic() - started >= TUNNEL_TIMEOUT - 0.5, gone
+    time.sleep(max(0.0, started + 2 * TUNNEL_TIMEOUT + 0.5 - time.monotonic()))
+    events = []
+    while not kept.events.empty():
+        events.append(kept.events.get_nowait())
+    assert not [e for e in events if e.get("event") == "disconnected"], events
+    now = pinging.connections()
+    assert [c["id"] for c in now] == [first[0]["id"]] and now[0]["age"] > 2 * TUNNEL_TIMEOUT, now
 
 
 # ------------------------------------------------------------------ nginx
