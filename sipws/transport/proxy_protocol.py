@@ -18,6 +18,12 @@ from a listed source that sends no header, a garbled one, or nothing within
 the listener's ``handshake_timeout`` is dropped with one log line naming the
 socket address, and counted (``ws.proxy_header_failed``).
 
+A v2 LOCAL or v1 UNKNOWN header (a balancer's health check, or a connection of
+its own) keeps the socket address.  With nothing after it, nothing more is built:
+a health check that connects, sends its header and closes leaves no connection
+record and no log line (only the ``ws.proxy_header_local`` counter); bytes that
+follow, or the timeout, start the real protocol with the socket address.
+
 Once the header is read the wrapper steps out of the way: the socket's
 transport is handed to the real protocol and delivers to it directly, so a
 proxied connection (every connection, behind a balancer) costs nothing per
@@ -91,6 +97,8 @@ class ProxyHeaderProtocol(Protocol):
         self._buffer = b""
         self._timer: Any = None
         self._done = False
+        #: A LOCAL/UNKNOWN header read with nothing after it yet (a health check, probably).
+        self._local = False
 
     def connectionMade(self) -> None:
         self._timer = self.factory.reactor.callLater(self.factory.timeout, self._timed_out)
@@ -98,6 +106,8 @@ class ProxyHeaderProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
+        if self._local:  # the first bytes after a LOCAL/UNKNOWN header: a real connection after all
+            return self._hand_over(self.socket_peer, data)
         # parse_proxy_header decides within MAX_HEADER_LENGTH bytes, so the buffer
         # kept between reads stays below that (one read may bring more, handed on).
         self._buffer += data
@@ -109,16 +119,25 @@ class ProxyHeaderProtocol(Protocol):
             return
         rest = self._buffer[header.length:]
         self._buffer = b""
-        self._finish()
-        transport = self.transport
-        address = self.socket_peer
         if header.source is None:
             self.factory.stats.incr(LOCAL_COUNTER)
-        else:
-            host, port = header.source
-            address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
-            setattr(transport, PROXY_PEER_ATTR, (self.socket_peer.host, self.socket_peer.port))
-            transport.getPeer = lambda: address  # what the real protocol and TLS ask for
+            if not rest:
+                # A balancer's health check connects, sends LOCAL (v2) or UNKNOWN (v1) and
+                # closes: no connection record, no log lines, unless bytes follow (then it
+                # is a connection of the balancer's own, served with the socket address).
+                self._local = True
+                return
+            return self._hand_over(self.socket_peer, rest)
+        host, port = header.source
+        address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
+        setattr(self.transport, PROXY_PEER_ATTR, (self.socket_peer.host, self.socket_peer.port))
+        self.transport.getPeer = lambda: address  # what the real protocol and TLS ask for
+        self._hand_over(address, rest)
+
+    def _hand_over(self, address: Any, rest: bytes) -> None:
+        """Build the real protocol for ``address`` and give it the socket and ``rest``."""
+        self._finish()
+        transport = self.transport
         protocol = self.factory.wrapped.buildProtocol(address)
         if protocol is None:  # the wrapped factory refused it
             transport.loseConnection()
@@ -133,6 +152,8 @@ class ProxyHeaderProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self._local:  # idle after a LOCAL header: the real protocol's own timeout takes over
+            return self._hand_over(self.socket_peer, b"")
         self._refuse(f"no PROXY header within {self.factory.timeout:g} s")
 
     def _refuse(self, reason: str) -> None:

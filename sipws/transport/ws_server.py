@@ -67,7 +67,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
         self._enter_table(SERVER)
-        self.record.proxy_peer = proxy_peer_of(self.transport)  # set by a PROXY header
+        if self.factory.proxy_senders:  # a PROXY header may have named the client
+            self.record.proxy_peer = proxy_peer_of(self.transport)
         # every connection of a listener shares one local-address tuple
         self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()

@@ -18,7 +18,7 @@ import pytest_twisted
 from sipws.admin import methods
 from sipws.edge.proxy_header import build_v1, build_v2
 from sipws.trace import hep
-from tests.integration.conftest import in_thread, port_of, wait_for
+from tests.integration.conftest import in_thread, port_of, sleep, wait_for
 from tests.integration.sipcore import ws_request
 from tests.integration import test_relay, test_tls_alpn, test_trace
 from tests.integration.test_relay import relay_config
@@ -78,13 +78,16 @@ def send_raw_and_read(port, data, source=LISTED, pieces=1, pause=0.0):
         sock.close()
 
 
-def wait_closed(port, preamble, source=LISTED):
-    """Connect, send ``preamble`` only, and wait for the server to drop the connection."""
+def wait_closed(port, preamble, source=LISTED, close_first=False):
+    """Connect, send ``preamble`` only, and wait for the server to drop the connection
+    (``close_first``: the client closes its side first, as a health check does)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
     local_port = sock.getsockname()[1]
     try:
         if preamble:
             sock.sendall(preamble)
+        if close_first:
+            sock.shutdown(socket.SHUT_WR)
         try:
             return sock.recv(100), local_port
         except ConnectionResetError:
@@ -142,6 +145,20 @@ def test_health_checks_keep_the_socket_address(sipws_factory, header):
     assert entry is not None and entry["proxy_peer"] is None
     assert root.stats.get("ws.proxy_header_local") == 1
     client.shutdown()
+
+
+@pytest.mark.parametrize("header", [build_v1(None), build_v2(None)], ids=["v1-unknown", "v2-local"])
+@pytest_twisted.inlineCallbacks
+def test_health_check_leaves_no_record_and_no_log_line(sipws_factory, sipws_log, header):
+    root = sipws_factory(proxied())
+    added = []
+    root.connections.on_added(added.append)
+    answer, _ = yield in_thread(wait_closed, port_of(root), header, LISTED, True)
+    assert answer == b""
+    yield wait_for(lambda: root.stats.get("ws.proxy_header_local") == 1)
+    yield sleep(0.1)
+    assert added == [] and root.stats.get("ws.proxy_header_failed") == 0
+    assert not [line for line in sipws_log if line.startswith(("closed ", "proxy header refused"))]
 
 
 @pytest.mark.parametrize("build", [build_v1, build_v2], ids=["v1", "v2"])
