@@ -67,6 +67,9 @@ KNOWN_COUNTERS = (
     "ws.keepalive_timeouts",
     "ws.send_timeouts",
     "ws.crlf_keepalives",
+    "ws.proxy_header_failed",
+    "ws.proxy_header_local",
+    "ws.forwarded_ignored",
     "trace.packets_sent",
     "trace.packets_dropped",
 )

@@ -45,6 +45,7 @@ class ConnectionRecord:
         "role",
         "local",
         "remote",
+        "proxy_peer",
         "state",
         "subprotocol",
         "extensions",
@@ -77,6 +78,9 @@ class ConnectionRecord:
         self.role = role
         self.local = local
         self.remote = remote
+        #: The socket peer when ``remote`` came from a PROXY header or a trusted
+        #: proxy's X-Forwarded-For / Forwarded (the balancer); None when direct.
+        self.proxy_peer: tuple[str, int] | None = None
         self.state = CONNECTING
         self.subprotocol = ""
         #: Negotiated extensions as in the 101's Sec-WebSocket-Extensions ("" = none).
@@ -96,8 +100,12 @@ class ConnectionRecord:
         self.traced = False
 
     def describe(self) -> str:
-        """One-line identity for logs: ``#7 ws 127.0.0.1:50120->127.0.0.1:8080``."""
-        return f"#{self.id} {self.transport} {_fmt(self.remote)}->{_fmt(self.local)}"
+        """One-line identity for logs: ``#7 ws 127.0.0.1:50120->127.0.0.1:8080``, with
+        `` via 10.0.0.2:40000`` when the connection came through a proxy."""
+        text = f"#{self.id} {self.transport} {_fmt(self.remote)}->{_fmt(self.local)}"
+        if self.proxy_peer is not None:
+            text += f" via {_fmt(self.proxy_peer)}"
+        return text
 
     def as_dict(self, now: float) -> dict[str, Any]:
         """The record as plain JSON-able data (ws.dump, closed event, logs)."""
@@ -107,6 +115,7 @@ class ConnectionRecord:
             "role": self.role,
             "local": _fmt(self.local),
             "remote": _fmt(self.remote),
+            "proxy_peer": _fmt(self.proxy_peer) if self.proxy_peer is not None else None,
             "state": self.state,
             "subprotocol": self.subprotocol,
             "extensions": self.extensions,
@@ -172,6 +181,16 @@ class ConnectionTable:
             listener(record)
         record.protocol = None
         return True
+
+    def set_remote(self, record: ConnectionRecord, remote: tuple[str, int]) -> None:
+        """Change a record's remote address (a trusted proxy named the client), keeping the
+        by-address index in step so that ``remove`` finds the entry it must drop."""
+        key = (record.remote[0], record.remote[1], record.transport)
+        if self._by_address.get(key) is record:
+            del self._by_address[key]
+        record.remote = remote
+        if record.id in self._by_id:
+            self._by_address[(remote[0], remote[1], record.transport)] = record
 
     def get(self, conn_id: int) -> ConnectionRecord | None:
         return self._by_id.get(conn_id)

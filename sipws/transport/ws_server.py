@@ -28,10 +28,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
+from sipws.edge.forwarded import client_address
+from sipws.edge.networks import NetworkSet
 from sipws.errors import StartupError
 from sipws.transport import deflate, handshake, ws_fastpath
 from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
+from sipws.transport.proxy_protocol import ProxyHeaderFactory, proxy_peer_of
 from sipws.transport.static_files import StaticFiles
 from sipws.transport.ws_common import (
     MASK_BIT, MAX_CONTROL_PAYLOAD, PONG_HEAD, ClosedHook, SipWebSocketMixin, protocol_class_with_options,
@@ -64,6 +67,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self._request: handshake.HandshakeRequest | None = None
         self._request_head = b""
         self._enter_table(SERVER)
+        if self.factory.proxy_senders:  # a PROXY header may have named the client
+            self.record.proxy_peer = proxy_peer_of(self.transport)
         # every connection of a listener shares one local-address tuple
         self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()
@@ -138,6 +143,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         parsed = handshake.parse_request_head(head)
         if isinstance(parsed, handshake.Refusal):
             return self._refuse(parsed, head)
+        self._apply_forwarded(parsed)
         if self.factory.static_files is not None and parsed.header("upgrade") is None:
             return self._serve_file(parsed)
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
@@ -152,6 +158,24 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record.user_agent = (parsed.header("user-agent") or "")[:200]
         record.resource = parsed.path
         super().processHandshake()
+
+    def _apply_forwarded(self, request: handshake.HandshakeRequest) -> None:
+        """[http] trusted_proxies: a trusted peer's X-Forwarded-For / Forwarded names the client
+        (sipws.edge.forwarded decides); before every other check, so that refusals, limits
+        and logs see the client's address."""
+        trusted = self.factory.trusted_proxies
+        if not trusted:
+            return
+        record = self.record
+        found = client_address(record.remote, trusted, request.headers)
+        if found.problem is not None:
+            self.factory.root.stats.incr("ws.forwarded_ignored")
+            log.warn("forwarded header ignored from {host}:{port} reason={reason} conn={conn_id}",
+                     host=record.remote[0], port=record.remote[1], reason=found.problem, conn_id=record.id)
+        elif found.header is not None and found.address != record.remote:
+            if record.proxy_peer is None:
+                record.proxy_peer = record.remote
+            self.factory.root.connections.set_remote(record, found.address)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Autobahn's own refusals take the same path as ours."""
@@ -306,6 +330,11 @@ class SipServerFactory(WebSocketServerFactory):
         #: [http] document_root: plain GETs answered with files (None = off).
         self.static_files = StaticFiles(config.http.document_root) if config.http.document_root else None
         self.fire_closed = ClosedHook(config)
+        #: [http] trusted_proxies (empty: no Forwarded / X-Forwarded-For is believed).
+        self.trusted_proxies = NetworkSet(config.http.trusted_proxies)
+        #: [ws]/[wss] proxy_protocol_from (empty: no PROXY headers on this kind of listener).
+        self.proxy_senders = NetworkSet(section.proxy_protocol_from)
+        self.proxy_header_timeout = section.handshake_timeout
 
     def over_capacity(self) -> handshake.Refusal | None:
         """503 when this listener kind already holds [ws]/[wss] max_connections open connections."""
@@ -347,25 +376,31 @@ class WsServerService(Service):
                 ports.append(self._listen(reactor, kind, address))
         super().privilegedStartService()
 
+    def _port_factory(self, kind: str) -> Any:
+        """What a listening port of ``kind`` accepts with: on wss, TLS in memory (what listenSSL
+        builds); with ``proxy_protocol_from``, the PROXY header reader outside it all (the
+        header comes before TLS)."""
+        root = self.root
+        server = self.factories[kind]
+        factory: Any = server
+        if kind == "wss":
+            factory = TLSMemoryBIOFactory(self._tls_options, False, factory)
+        if server.proxy_senders:
+            factory = ProxyHeaderFactory(factory, server.proxy_senders, server.proxy_header_timeout,
+                                         root.reactor, root.stats, kind)
+        return factory
+
     def _adopt(self, reactor: Any, kind: str, fd: int, family: int) -> Any:
         """Accept on a listening socket bound by the master (the same factory as ``_listen``)."""
-        factory: Any = self.factories[kind]
-        if kind == "wss":
-            # What listenSSL builds: TLS in memory over a plain TCP port.
-            factory = TLSMemoryBIOFactory(self._tls_options, False, factory)
-        port = reactor.adoptStreamPort(fd, family, factory)
+        port = reactor.adoptStreamPort(fd, family, self._port_factory(kind))
         os.close(fd)  # adoptStreamPort works on its own duplicate
         return port
 
     def _listen(self, reactor: Any, kind: str, address: HostPort) -> Any:
-        factory = self.factories[kind]
         try:
-            if kind == "wss":
-                port = reactor.listenSSL(
-                    address.port, factory, self._tls_options, backlog=LISTEN_BACKLOG, interface=address.host
-                )
-            else:
-                port = reactor.listenTCP(address.port, factory, backlog=LISTEN_BACKLOG, interface=address.host)
+            port = reactor.listenTCP(
+                address.port, self._port_factory(kind), backlog=LISTEN_BACKLOG, interface=address.host
+            )
         except error.CannotListenError as exc:
             why = exc.socketError.strerror if hasattr(exc.socketError, "strerror") else exc.socketError
             raise StartupError(f"[{kind}] listen: cannot listen on {address}: {why}") from None

@@ -32,8 +32,14 @@ def good_headers(origin: str | None = "https://phone.example.com", protocol: str
 
 class RawWs:
     def __init__(self, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
-        sock = socket.create_connection((host, port), timeout=TIMEOUT)
+                 server_hostname: str | None = None, source: str | None = None,
+                 preamble: bytes = b"") -> None:
+        """``source``: the local address to connect from (127.0.0.2...); ``preamble``: bytes
+        sent before anything else, TLS included (a PROXY protocol header)."""
+        sock = socket.create_connection((host, port), timeout=TIMEOUT,
+                                        source_address=(source, 0) if source else None)
+        if preamble:
+            sock.sendall(preamble)
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
         sock.settimeout(TIMEOUT)
