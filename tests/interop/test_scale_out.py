@@ -337,6 +337,13 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
                         ua.local, opened)
 
     check_addresses()
+    if proxy_protocol:
+        # HAProxy's health checks (a v2 LOCAL header, then nothing) reached both
+        # instances, were counted, and were neither refused nor taken for clients.
+        for instance in instances:
+            counters = instance.result("stats")["counters"]
+            assert counters["ws.proxy_header_local"] >= 1 and counters["ws.proxy_header_failed"] == 0, counters
+            assert "proxy header refused" not in instance.log_text()
 
     # Across instances: first <-> second, MESSAGE both ways and a call; and the direct phone.
     messages_and_a_call(on_first[0], on_second[0])
