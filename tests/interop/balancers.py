@@ -16,6 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tests.conftest import require_peer
 from tests.processes import stop_process
@@ -35,7 +36,7 @@ def replace_once(text: str, pattern: str, replacement: str) -> str:
     return new
 
 
-def wait_listening(host: str, port: int, process: subprocess.Popen, log: "callable", what: str) -> None:
+def wait_listening(host: str, port: int, process: subprocess.Popen, log: Callable[[], str], what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -19,7 +19,7 @@ its pid at teardown, whatever happened.
 from __future__ import annotations
 
 import json
-import re
+import socket
 import subprocess
 import time
 import urllib.request
@@ -72,8 +72,6 @@ def free_port_pair() -> int:
 
 
 def free_port_is(port: int) -> bool:
-    import socket
-
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as probe:
             try:
