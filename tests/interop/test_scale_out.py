@@ -338,9 +338,11 @@ def scale_out(peers, tmp_path: Path, pki, proxy_protocol: bool) -> None:
     if proxy_protocol:
         # HAProxy's health checks (a v2 LOCAL header, then nothing) reached both
         # instances, were counted, and were neither refused nor taken for clients.
+        # (HAProxy spreads its first checks over `inter`, 2 s: wait for one.)
         for instance in instances:
-            counters = instance.result("stats")["counters"]
-            assert counters["ws.proxy_header_local"] >= 1 and counters["ws.proxy_header_failed"] == 0, counters
+            counters = wait(lambda: (c := instance.result("stats")["counters"])["ws.proxy_header_local"] >= 1 and c,
+                            WAIT, f"a health check counted by {instance.name}")
+            assert counters["ws.proxy_header_failed"] == 0, counters
             assert "proxy header refused" not in instance.log_text()
 
     # Across instances: first <-> second, MESSAGE both ways and a call; and the direct phone.
