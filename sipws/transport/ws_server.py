@@ -177,6 +177,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         if isinstance(outcome, defer.Deferred):
             self._auth_pending = outcome
             outcome.addCallback(self._auth_answered)
+            self._auth_waiting()  # bytes that came with the head count too
             return False
         return self._auth_verdict(outcome)
 
@@ -200,7 +201,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     def _auth_waiting(self) -> None:
         """Bytes arriving while the hook decides: a client waits for the 101, so a pile of
         them is refused rather than buffered without bound."""
-        if len(self.data) > AUTH_WAIT_MAX_BYTES:
+        if self._auth_pending is not None and len(self.data) > AUTH_WAIT_MAX_BYTES:
             pending, self._auth_pending = self._auth_pending, None
             self._refuse(handshake.Refusal(400, "data sent before the handshake was answered"),
                          self._request_head)
