@@ -454,3 +454,42 @@ def _register(phone: Phone, user: str) -> bytes:
             f"Max-Forwards: 69\r\nTo: <sip:{user}@example.com>\r\nFrom: <sip:{user}@example.com>;tag=x\r\n"
             f"Call-ID: reg-{user}\r\nCSeq: 1 REGISTER\r\nContact: <{phone.contact}>\r\nExpires: 60\r\n"
             f"Content-Length: 0\r\n\r\n").encode()
+
+
+# ---------------------------------------------------------------- workers
+
+
+def test_two_workers_each_authenticate_and_bind(tmp_path):
+    """[server] workers = 2: each worker checks handshakes and binds identities by itself."""
+    from tests.integration.test_workers import WAIT as WORKER_WAIT
+    from tests.integration.test_workers import Instance, register, sip_of
+
+    extra = (f'[auth]\nrequired = true\nbind_identity = true\nhmac_secrets = ["{SECRET}"]\n')
+    instance = Instance(tmp_path, "", extra=extra)
+    try:
+        status, headers, _ = exchange(instance.ws_port)
+        assert status == 401 and headers["www-authenticate"] == 'Sipws-HMAC realm="sipws"'
+        clients = {}
+        for n in range(16):  # the kernel spreads connections over both workers
+            user = f"user{n}"
+            client = RawWs(instance.ws_port)
+            client.sock.settimeout(WORKER_WAIT)
+            client.upgrade(path=hmac_path(user))
+            instance.clients.append(client)
+            clients[user] = client
+        dump = instance.result("ws.dump", limit=1000)["connections"]
+        workers = {entry["worker"] for entry in dump}
+        assert workers == {0, 1}, dump
+        assert sorted(entry["identity"] for entry in dump) == sorted(clients)
+        by_worker = {}
+        for entry in dump:
+            by_worker.setdefault(entry["worker"], entry["identity"])
+        for identity in by_worker.values():
+            client = clients[identity]
+            client.send_text(register(identity))
+            assert sip_of(client).status == 200
+            client.send_text(register("someone-else").replace(b"reg-someone-else", f"reg-x{identity}".encode()))
+            assert sip_of(client).status == 403
+        assert instance.log_text().count("identity binding: REGISTER") == 2
+    finally:
+        instance.stop()
