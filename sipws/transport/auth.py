@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 from sipws.config import resolve_callable
 from sipws.edge import Denied
 from sipws.edge.credentials import (
-    Authenticated, CredentialChecker, challenges, cookies_of, presented, query_of, redact,
+    Authenticated, CredentialChecker, KeyFileError, challenges, cookies_of, presented, query_of, redact,
 )
+from sipws.errors import StartupError
 from sipws.edge.hook import Handshake, HookError, interpret
 from sipws.transport.handshake import HandshakeRequest, Refusal
 
@@ -41,7 +42,10 @@ class HandshakeAuth:
     def __init__(self, auth: Any, clock: Callable[[], float], stats: Any) -> None:
         self.required = auth.required
         self.stats = stats
-        self.checker = CredentialChecker(auth, clock)
+        try:
+            self.checker = CredentialChecker(auth, clock)
+        except KeyFileError as exc:  # checked at config time; changed since
+            raise StartupError(f"[auth]: {exc}") from None
         self.hook = resolve_callable("[auth] hook", auth.hook) if auth.hook else None
         self.hook_name = auth.hook
         self.challenges = challenges(auth.methods)
