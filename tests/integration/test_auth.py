@@ -323,9 +323,13 @@ def test_hook_raising_logs_the_traceback(sipws_factory):
 @pytest_twisted.inlineCallbacks
 def test_hook_never_answering_is_bounded_by_the_handshake_timeout(sipws_factory, sipws_log):
     auth_hooks.SEEN.clear()
-    root = sipws_factory({**hook_config("never"), "ws": {"listen": ["127.0.0.1:0"], "handshake_timeout": 0.5}})
-    client = yield in_thread(RawWs, port_of(root))
-    client.sock.sendall(_request_bytes("/"))
+    root = sipws_factory({**hook_config("never"), "ws": {"listen": ["127.0.0.1:0"], "handshake_timeout": 1.5}})
+
+    def connect_and_ask() -> RawWs:  # one thread hop: the timeout runs from the TCP accept
+        client = RawWs(port_of(root))
+        client.sock.sendall(_request_bytes("/"))
+        return client
+    client = yield in_thread(connect_and_ask)
     yield wait_for(lambda: any("handshake timeout" in line for line in sipws_log), timeout=5)
     yield wait_for(lambda: len(root.connections) == 0)
     assert any("waiting for the [auth] hook" in line for line in sipws_log)
