@@ -227,7 +227,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Authenticated handshakes (RFC 7118 §7), docs/security.md."""
+    """Authenticated handshakes (RFC 7118 §7), docs/authentication.md."""
 
     #: A handshake without valid credentials is refused (401 none, 403 bad or expired).
     required: bool = False
@@ -642,6 +642,37 @@ def _secrets(key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _jwt_key_file(loader_name: str) -> Callable[[str, Any], str]:
+    """A readable file that ``sipws.edge.credentials.<loader_name>`` accepts: a PEM RSA/EC
+    public key, or a JWKS of RSA/EC keys; read now so a wrong file stops start-up."""
+    readable = _readable_path("file")
+
+    def check(key: str, value: Any) -> str:
+        value = readable(key, value)
+        if value:
+            from sipws.edge import credentials
+
+            try:
+                getattr(credentials, loader_name)(value)
+            except credentials.KeyFileError as exc:
+                raise ConfigError(key, str(exc)) from None
+        return value
+
+    return check
+
+
+#: Shortest jwt_secret: an HS256 key at least as long as the hash (RFC 7518 §3.2).
+MIN_JWT_SECRET_BYTES = 32
+
+
+def _jwt_secret(key: str, value: Any) -> str:
+    value = _expect(key, value, str)
+    if value and len(value.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(key, f"must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256 (RFC 7518 §3.2), "
+                               f"got {len(value.encode('utf-8'))}")
+    return value
+
+
 def _rate(key: str, value: Any) -> float:
     value = _expect(key, value, float)
     if value < 0:
@@ -789,9 +820,9 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "required": _bool,
             "hmac_secrets": _secrets,
             "hmac_algorithm": _choice("sha256", "sha1"),
-            "jwt_secret": _str,
-            "jwt_public_key": _readable_path("file"),
-            "jwt_jwks": _readable_path("file"),
+            "jwt_secret": _jwt_secret,
+            "jwt_public_key": _jwt_key_file("load_public_key"),
+            "jwt_jwks": _jwt_key_file("load_jwks"),
             "jwt_audience": _str,
             "jwt_issuer": _str,
             "jwt_identity_claim": _str,

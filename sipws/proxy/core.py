@@ -104,12 +104,13 @@ class EdgeProxy(TowardCoreMixin, TowardFlowMixin, AckCancelMixin, ResponsesMixin
     # ================================================================ inputs
 
     def receive_from_flow(self, conn_id: int, data: bytes, source: tuple[str, int],
-                          transport: str = "ws") -> None:
-        """One WebSocket message from connection ``conn_id`` (a SIP client)."""
+                          transport: str = "ws", identity: str = "") -> None:
+        """One WebSocket message from connection ``conn_id`` (a SIP client); ``identity``
+        is the one the connection is bound to ([auth] bind_identity), "" for none."""
         flow = self.flows.get(conn_id)
         if flow is None or flow.source != source or flow.transport != transport:
             flow = self.flows[conn_id] = Flow(conn_id, transport, source, self.tokens.make(conn_id),
-                                             Inbound(conn_id, transport, source))
+                                             Inbound(conn_id, transport, source), identity=identity)
         self._receive(data, flow.inbound)
 
     def receive_from_sip(self, data: bytes, source: tuple[str, int], transport: str) -> None:

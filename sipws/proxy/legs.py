@@ -49,6 +49,8 @@ class Flow:
     token: str  # its flow token, computed once
     inbound: Optional["Inbound"] = None  # where its messages come from, built once
     responder: Optional["_ToFlow"] = None  # its server transactions' sender, built once
+    #: The identity the connection is bound to ([auth] bind_identity); "" = none.
+    identity: str = ""
 
 
 @dataclass(frozen=True)

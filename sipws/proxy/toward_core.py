@@ -7,6 +7,7 @@ from typing import Optional
 
 from twisted.logger import Logger
 
+from sipws.edge.identity import binding_violation
 from sipws.proxy.contact_alias import ALIASED_REQUESTS, AliasAddress
 from sipws.proxy.legs import DIALOG_METHODS, Inbound
 from sipws.proxy.rejects import _Reject
@@ -20,6 +21,8 @@ log = Logger(namespace="sipws.proxy.core")
 #: Distinct Route values whose meaning (ours? which flow token? which next hop?)
 #: is remembered: a dialog's route set repeats on every in-dialog request.
 ROUTE_CACHE_SIZE = 4096
+#: Reason phrase of the 403 to a request claiming another identity than the connection's.
+IDENTITY_MISMATCH_REASON = "Identity Not Bound To This Connection"
 
 
 class TowardCoreMixin:
@@ -27,6 +30,9 @@ class TowardCoreMixin:
 
     def _forward_from_flow(self, req: Request, server: ServerTransaction,
                            inbound: Inbound) -> None:
+        flow = self.flows[inbound.conn_id]
+        if flow.identity:
+            self._check_binding(req, flow.identity, inbound)
         out = req.copy()
         other = self._hairpin_token(self._pop_my_routes(out), inbound.conn_id)
         if other is not None:
@@ -60,6 +66,18 @@ class TowardCoreMixin:
             self.aliases.rewrite_contacts(out, token, AliasAddress(addr.host_port, core_transport))
             restore = req.method == "REGISTER"
         self._start_client(server, out, target, inbound, out_flow=None, restore_contacts=restore)
+
+    def _check_binding(self, req: Request, identity: str, inbound: Inbound) -> None:
+        """[auth] bind_identity: a REGISTER's To / an initial request's From must name
+        the connection's identity (sipws.edge.identity); 403 otherwise, never relayed."""
+        claimed = binding_violation(req, identity)
+        if claimed is None:
+            return
+        self.counters["identity_mismatch"] += 1
+        log.warn("identity binding: {method} from {src} claims {claimed}, connection is bound to "
+                 "{identity}: refused 403", method=req.method, src=inbound.describe(),
+                 claimed=claimed, identity=identity, conn_id=inbound.conn_id)
+        raise _Reject(403, IDENTITY_MISMATCH_REASON)
 
     def _route(self, value: str) -> tuple:
         """What a Route value means to us, parsed once per distinct value:

@@ -617,6 +617,7 @@ class Tracer(Service):
                 "remote": _fmt(record.remote),
                 "status": status,
                 "reason": reason,
+                "identity": getattr(record, "identity", ""),
                 "request": bytes(request or b"").decode("latin-1"),
                 "response": bytes(response or b"").decode("latin-1"),
                 "tls": tls,
@@ -640,6 +641,7 @@ class Tracer(Service):
                 "code": code,
                 "reason": reason,
                 "side": side,
+                "identity": getattr(record, "identity", ""),
                 "counters": {
                     "messages_in": record.messages_in,
                     "messages_out": record.messages_out,

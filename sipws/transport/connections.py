@@ -61,6 +61,7 @@ class ConnectionRecord:
         "bytes_out",
         "protocol",
         "traced",
+        "identity",
         "__weakref__",
     )
 
@@ -98,6 +99,8 @@ class ConnectionRecord:
         self.protocol = protocol
         #: Whether HEP tracing applies to this connection (decided once).
         self.traced = False
+        #: Who authenticated at the handshake ([auth]; "user" or "user@domain"), "" = nobody.
+        self.identity = ""
 
     def describe(self) -> str:
         """One-line identity for logs: ``#7 ws 127.0.0.1:50120->127.0.0.1:8080``, with
@@ -125,6 +128,7 @@ class ConnectionRecord:
             "awaiting_pong": self.awaiting_pong,
             "origin": self.origin,
             "user_agent": self.user_agent,
+            "identity": self.identity,
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
             "bytes_in": self.bytes_in,

@@ -18,6 +18,9 @@ Sec-WebSocket-Key not base64 of 16 bytes               400
 "sip" not among the offered subprotocols               400 (+ Sec-WebSocket-Protocol: sip)
 Origin missing (require_origin) or not allowed         403
 ====================================================  ======
+
+After these, ``[auth]`` (sipws.transport.auth) may answer 401 (no
+credentials, with WWW-Authenticate) or 403 (bad or expired ones).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ KEY_BYTES = 16
 STATUS_TEXT = {
     101: "Switching Protocols",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -105,7 +109,8 @@ def parse_request_head(head: bytes) -> HandshakeRequest | Refusal:
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not all(parts):
-        return Refusal(400, f"malformed request line {lines[0][:80]!r}")
+        # the query is cut: credentials travel there ([auth], docs/authentication.md)
+        return Refusal(400, f"malformed request line {lines[0].split('?', 1)[0][:80]!r}")
     method, target, version = parts
     headers: dict[str, list[str]] = {}
     count = 0

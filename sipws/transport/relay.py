@@ -81,6 +81,8 @@ class Relay(Service):
                                self.config.wss.tls_handshake_timeout)
         self.pool.on_sent = self._stream_sent
         self.proxy: Optional[EdgeProxy] = None
+        #: [auth] bind_identity: the connection's identity goes with its messages to the proxy.
+        self.bind_identity = self.config.auth.bind_identity
         for name in KNOWN_COUNTERS:  # shown (as 0) in stats and /metrics from the start
             self.counters.incr(name, 0)
         self._listening: list[Any] = []
@@ -173,7 +175,8 @@ class Relay(Service):
             return
         self.counters.incr(_IN.get(record.transport) or "sip.messages_in." + record.transport)
         if record.role == SERVER:
-            self.proxy.receive_from_flow(record.id, data, record.remote, record.transport)
+            self.proxy.receive_from_flow(record.id, data, record.remote, record.transport,
+                                         record.identity if self.bind_identity else "")
         else:
             self.proxy.receive_from_sip(data, record.remote, record.transport)
 

@@ -112,12 +112,14 @@ class StandaloneService(Service):
         config = self.config
         if config.http.allowed_origins:
             return
+        if config.auth.required and config.auth.bind_identity:
+            return  # every client authenticated and held to its own identity (docs/authentication.md)
         exposed = [f"{a.host}:{a.port}" for a in (*config.ws.listen, *config.wss.listen)
                    if not _is_loopback(a.host)]
         if exposed:
             log.warn("standalone mode listens on {where} and [http] allowed_origins is empty: any web "
-                     "page can connect and register as any user; set allowed_origins (and put "
-                     "authentication in front) before exposing it", where=", ".join(exposed))
+                     "page can connect and register as any user; set allowed_origins and [auth] "
+                     "(required, bind_identity) before exposing it", where=", ".join(exposed))
 
     def startService(self) -> None:
         super().startService()

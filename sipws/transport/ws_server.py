@@ -32,6 +32,7 @@ from sipws.edge.forwarded import client_address
 from sipws.edge.networks import NetworkSet
 from sipws.errors import StartupError
 from sipws.transport import deflate, handshake, ws_fastpath
+from sipws.transport.auth import HandshakeAuth
 from sipws.transport.connections import CLOSING, OPEN, SERVER
 from sipws.transport.keepalive import KeepaliveSweeper
 from sipws.transport.proxy_protocol import ProxyHeaderFactory, proxy_peer_of
@@ -55,6 +56,8 @@ LONE_PONG_FIRST = bytes((PONG_HEAD,))
 SHUTDOWN_GRACE = 3.0
 #: Listen backlog: a burst of browsers reconnecting after a restart is normal.
 LISTEN_BACKLOG = 1024
+#: Bytes a client may send while the [auth] hook decides its handshake (head included).
+AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 
 
 class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
@@ -76,6 +79,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any) -> None:
         reason = self._note_tls_failure(reason)
+        if self._auth_pending is not None:  # the hook's answer will find nobody
+            self._auth_pending.cancel()
         if self.record.state in (OPEN, CLOSING):  # it counted towards [ws] max_connections
             self.factory.open_connections -= 1
         self._leave_table()
@@ -127,10 +132,15 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             return
         super()._send_message(data, binary)
 
+    #: The [auth] hook's Deferred while it decides this handshake (see _authenticate).
+    _auth_pending: defer.Deferred | None = None
+
     def processHandshake(self) -> None:
         """Apply sipws's handshake policy, then let Autobahn finish the upgrade."""
         if self._refused is not None:
             return
+        if self._auth_pending is not None:
+            return self._auth_waiting()  # Autobahn calls again on every read: decided once
         end = handshake.find_head_end(self.data)
         if end < 0:
             if len(self.data) > handshake.MAX_HEAD_SIZE:
@@ -157,7 +167,51 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record.origin = parsed.header("origin") or ""
         record.user_agent = (parsed.header("user-agent") or "")[:200]
         record.resource = parsed.path
-        super().processHandshake()
+        if self._authenticate(parsed, head):  # [auth]: False = refused, or answered later
+            super().processHandshake()
+
+    # -- [auth] (sipws.transport.auth) ----------------------------------------------
+
+    def _authenticate(self, request: handshake.HandshakeRequest, head: bytes) -> bool:
+        """Credentials and hook: True when the upgrade may go on now (identity set)."""
+        auth = self.factory.auth
+        if auth is None:
+            return True
+        self._request_head = auth.redact(head)  # HEP never carries a credential
+        outcome = auth.decide(request, self.record.remote, self.factory.transport_name,
+                              self.record.describe())
+        if isinstance(outcome, defer.Deferred):
+            self._auth_pending = outcome
+            outcome.addCallback(self._auth_answered)
+            self._auth_waiting()  # bytes that came with the head count too
+            return False
+        return self._auth_verdict(outcome)
+
+    def _auth_verdict(self, outcome: Any) -> bool:
+        verdict = self.factory.auth.verdict(outcome)
+        if isinstance(verdict, handshake.Refusal):
+            self._refuse(verdict, self._request_head)
+            return False
+        self.record.identity = verdict
+        return True
+
+    def _auth_answered(self, outcome: Any) -> None:
+        """The hook's Deferred fired: go on, unless the connection ended meanwhile."""
+        self._auth_pending = None
+        if self._refused is not None or self.state != WebSocketProtocol.STATE_CONNECTING \
+                or self.record.id not in self.factory.root.connections:
+            return
+        if self._auth_verdict(outcome):
+            super().processHandshake()
+
+    def _auth_waiting(self) -> None:
+        """Bytes arriving while the hook decides: a client waits for the 101, so a pile of
+        them is refused rather than buffered without bound."""
+        if self._auth_pending is not None and len(self.data) > AUTH_WAIT_MAX_BYTES:
+            pending, self._auth_pending = self._auth_pending, None
+            self._refuse(handshake.Refusal(400, "data sent before the handshake was answered"),
+                         self._request_head)
+            pending.cancel()
 
     def _apply_forwarded(self, request: handshake.HandshakeRequest) -> None:
         """[http] trusted_proxies: a trusted peer's X-Forwarded-For / Forwarded names the client
@@ -205,6 +259,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         response = handshake.refusal_response(refusal)
         self.transport.write(response)
         root.stats.incr("ws.handshakes_failed")
+        if self.factory.auth is not None:
+            head = self.factory.auth.redact(head)  # HEP never carries a credential
         host, port = self.record.remote
         log.warn(
             "handshake refused from {host}:{port} status={status} reason={reason} conn={conn_id}",
@@ -225,10 +281,11 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             self.factory.root.stats.incr("ws.handshakes_failed")
             self.factory.root.stats.incr("ws.handshake_timeouts")
             log.warn(
-                "handshake timeout from {host}:{port} conn={conn_id}",
+                "handshake timeout from {host}:{port} conn={conn_id}{waiting}",
                 host=host,
                 port=port,
                 conn_id=self.record.id,
+                waiting=" (waiting for the [auth] hook)" if self._auth_pending is not None else "",
             )
             self._local_abort = "handshake timeout"
         super().onOpenHandshakeTimeout()
@@ -273,9 +330,10 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.__dict__.pop("_results", None)
         self.send_queue = NO_ITEMS
         log.info(
-            "opened {conn} origin={origin}",
+            "opened {conn} origin={origin} identity={identity}",
             conn=record.describe(),
             origin=record.origin or "-",
+            identity=record.identity or "-",
             conn_id=record.id,
         )
 
@@ -335,6 +393,8 @@ class SipServerFactory(WebSocketServerFactory):
         #: [ws]/[wss] proxy_protocol_from (empty: no PROXY headers on this kind of listener).
         self.proxy_senders = NetworkSet(section.proxy_protocol_from)
         self.proxy_header_timeout = section.handshake_timeout
+        #: [auth] handshake authentication (None = not configured: no cost per handshake).
+        self.auth = HandshakeAuth(config.auth, root.reactor.seconds, root.stats) if config.auth.methods else None
 
     def over_capacity(self) -> handshake.Refusal | None:
         """503 when this listener kind already holds [ws]/[wss] max_connections open connections."""

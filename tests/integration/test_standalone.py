@@ -26,9 +26,10 @@ _ids = itertools.count(1)
 class Phone:
     """A WebSocket SIP client for one address of record (blocking: run its calls in a thread)."""
 
-    def __init__(self, port: int, user: str, domain: str = "example.com") -> None:
+    def __init__(self, port: int, user: str, domain: str = "example.com", path: str = "/",
+                 headers: dict[str, str] | None = None) -> None:
         self.ws = RawWs(port)
-        self.ws.upgrade()
+        self.ws.upgrade(path=path, headers=headers)
         self.ws.sock.settimeout(ANSWER_TIMEOUT)
         self.user = user
         self.aor = f"sip:{user}@{domain}"

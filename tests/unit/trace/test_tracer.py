@@ -201,7 +201,7 @@ def test_accepted_event_payload() -> None:
     assert body == {
         "event": "accepted", "id": 3, "transport": "wss", "role": "server",
         "local": "127.0.0.1:8080", "remote": "192.0.2.10:50120",
-        "status": 101, "reason": "Switching Protocols",
+        "status": 101, "reason": "Switching Protocols", "identity": "",
         "request": REQUEST.decode(), "response": RESPONSE.decode(), "tls": tls,
     }
 
@@ -227,6 +227,7 @@ def test_refused_and_client_connected_events() -> None:
 def test_closed_event_payload_with_counters() -> None:
     tracer, dest, _, _ = make_tracer()
     record = ws_record(conn_id=9)
+    record.identity = "alice@example.com"
     record.messages_in, record.messages_out, record.bytes_in, record.bytes_out = 2, 3, 400, 500
     tracer.connection_made(record)
     tracer.ws_closed(record, 1000, "bye", "remote")
@@ -235,6 +236,7 @@ def test_closed_event_payload_with_counters() -> None:
     body = json.loads(packet.payload)
     assert body["event"] == "closed"
     assert (body["code"], body["reason"], body["side"]) == (1000, "bye", "remote")
+    assert body["identity"] == "alice@example.com"
     assert body["counters"] == {"messages_in": 2, "messages_out": 3, "bytes_in": 400, "bytes_out": 500}
     tracer.ws_closed(record, None, "connection lost", "remote")
     assert json.loads(dest.packets()[1].payload)["code"] is None
