@@ -63,6 +63,15 @@ AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     """One accepted WebSocket connection carrying SIP."""
 
+    def dropConnection(self, abort: bool = False) -> None:
+        # After a closing handshake that we started and the peer answered (our 1001
+        # at shutdown, ws.close), Autobahn's server drops TCP with abort=True:
+        # Twisted's abortConnection, a TCP reset, which clients report as an
+        # abnormal close (Node's 'websocket': 1006, whatever Close frame came
+        # first).  A clean handshake ends with a FIN, as it already does when the
+        # peer started the close; unclean drops (timeouts, failures) still abort.
+        super().dropConnection(abort=abort and not getattr(self, "wasClean", False))
+
     def connectionMade(self) -> None:
         self._refused: handshake.Refusal | None = None
         #: Set once a static file request was answered ([http] document_root).
