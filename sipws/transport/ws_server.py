@@ -57,7 +57,15 @@ LISTEN_BACKLOG = 1024
 class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     """One accepted WebSocket connection carrying SIP."""
 
+    #: The source counted toward [limits] max_connections_per_ip while this connection lives.
+    limit_source: str | None = None
+    #: True when the peer was banned and the connection aborted at accept (nothing else was set up).
+    _dropped_at_accept = False
+
     def connectionMade(self) -> None:
+        if self.factory.root.limits.drop_at_accept(self):  # banned (ws.ban): nothing parsed, no entry
+            self._dropped_at_accept = True
+            return
         self._refused: handshake.Refusal | None = None
         #: Set once a static file request was answered ([http] document_root).
         self._served: str | None = None
@@ -68,8 +76,13 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()
         self.transport.registerProducer(self, True)
+        self._bucket = self.factory.root.limits.message_bucket(self.record.created)
 
     def connectionLost(self, reason: Any) -> None:
+        if self._dropped_at_accept:
+            return  # never set up: nothing to undo
+        if self.limit_source is not None:
+            self.factory.root.limits.released(self)
         reason = self._note_tls_failure(reason)
         if self.record.state in (OPEN, CLOSING):  # it counted towards [ws] max_connections
             self.factory.open_connections -= 1
@@ -143,6 +156,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
         if refusal is None:
             refusal = self.factory.over_capacity()
+        refusal = refusal or self.factory.root.limits.admit(self)  # [limits], bans: 403 / 429
         if refusal is not None:
             return self._refuse(refusal, head)
         self._request = parsed
