@@ -56,8 +56,6 @@ class EdgeLimits:
         self.max_connections = config.max_connections_per_ip
         self.handshake_rate = config.handshakes_per_ip_per_second
         self.handshake_burst = config.handshakes_per_ip_burst
-        #: Sliding window of the handshake rate: burst / rate seconds (sketch.py).
-        self.handshake_window = self.handshake_burst / self.handshake_rate if self.handshake_rate else 0.0
         self.message_rate = config.messages_per_connection_per_second
         self.message_burst = config.messages_per_connection_burst
         self.bans = rules.BanList()
@@ -121,13 +119,13 @@ class EdgeLimits:
         source = rules.source_key(host)
         cells = self.counters.cells(source)
         if self.handshake_rate and not self.counters.try_handshake(
-                cells, now, self.handshake_window, self.handshake_burst):
+                cells, now, self.handshake_rate, self.handshake_burst):
             self.root.stats.incr("limits.handshakes_refused")
-            retry = max(1, math.ceil(1.0 / self.handshake_rate))
+            wait = self.counters.retry_after(cells, now, self.handshake_rate, self.handshake_burst)
             return handshake.Refusal(
-                429, f"more than {self.handshake_burst} handshakes from {source} in "
-                     f"{self.handshake_window:g} s ([limits] handshakes_per_ip_per_second "
-                     f"{self.handshake_rate:g})", (("Retry-After", str(retry)),))
+                429, f"more than {self.handshake_rate:g} handshakes per second from {source} "
+                     f"(burst {self.handshake_burst}; [limits] handshakes_per_ip_per_second)",
+                (("Retry-After", str(max(1, math.ceil(wait)))),))
         if self.max_connections:
             if not self.counters.try_open(cells, self.max_connections):
                 self.root.stats.incr("limits.connections_refused")
