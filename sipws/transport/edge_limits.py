@@ -33,6 +33,7 @@ from sipws.edge import limits as rules
 from sipws.edge import sketch
 from sipws.edge.networks import parse_address
 from sipws.transport import handshake
+from sipws.transport.connections import OPEN
 
 log = Logger(namespace="sipws.limits")
 
@@ -174,7 +175,12 @@ class EdgeLimits:
             address = parse_address(record.remote[0])
             if address is None or address.version != network.version or address not in network:
                 continue
-            record.protocol.close_connection(1008, "banned")
+            # Now, not after a close handshake the banned peer may never answer:
+            # Close 1008 and TCP closed behind it (a handshake in progress is dropped).
+            if record.state == OPEN:
+                record.protocol.close_for_policy("banned")
+            else:
+                record.protocol.abort("banned")
             closed += 1
         if closed:
             self.root.stats.incr("limits.ban_closed", closed)

@@ -101,6 +101,8 @@ def test_ban_unban_bans_cidr_expiry_and_open_connections(sipws_factory, sipws_lo
     assert answer["network"] == "127.0.0.2/32" and answer["closed"] == 1 and answer["remaining"] is None
     code, reason = yield in_thread(victim.expect_close)
     assert (code, reason) == (1008, "banned")
+    victim.sock.settimeout(1.0)  # a close handshake would wait 2 s for the client's Close
+    assert (yield in_thread(victim.closed_by_peer))  # TCP closed behind the Close, no handshake wait
     victim.shutdown()
     for _ in range(5):
         assert (yield in_thread(dropped_at_accept, port, "127.0.0.2"))

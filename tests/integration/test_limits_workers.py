@@ -99,6 +99,9 @@ def test_ban_reaches_both_workers_and_a_restarted_one(instance):
     assert answer["closed"] == 4 and answer["network"] == "127.0.0.4/32"
     for client in victims:
         assert client.expect_close()[0] == 1008
+        client.sock.settimeout(1.0)  # Autobahn's close handshake would wait 2 s for our Close
+        assert client.closed_by_peer()  # at once, not after a close handshake
+    wait(lambda: instance.result("ws.dump")["total"] == 0, WAIT, "banned connections gone")
     for _ in range(ATTEMPTS):
         assert dropped_at_accept(instance.ws_port, "127.0.0.4")
         if len([v for v in worker_counter(instance, "limits_banned_dropped").values() if v > 0]) == 2:
