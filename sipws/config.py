@@ -262,7 +262,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Per-source limits, per instance (across workers); 0 = no limit.  docs/security.md."""
+    """Per-source limits, per instance (across workers); 0 = no limit.  docs/limits.md."""
 
     #: Open WebSocket connections from one client address (a NAT of browsers is one address).
     max_connections_per_ip: int = 1000

@@ -72,6 +72,13 @@ KNOWN_COUNTERS = (
     "ws.forwarded_ignored",
     "trace.packets_sent",
     "trace.packets_dropped",
+    # [limits] and bans (sipws.transport.edge_limits, docs/limits.md)
+    "limits.banned_dropped",
+    "limits.banned_refused",
+    "limits.connections_refused",
+    "limits.handshakes_refused",
+    "limits.messages_closed",
+    "limits.ban_closed",
 )
 
 
@@ -204,6 +211,40 @@ def _close_reason(name: str, value: Any) -> str:
     if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
         raise InvalidParams(f"{name}: at most {MAX_CLOSE_REASON} bytes in UTF-8")
     return reason
+
+
+def _ban_network(name: str, value: Any) -> Any:
+    """An address or CIDR to ban (host bits cleared)."""
+    from sipws.edge.limits import BadBan, parse_ban_network
+
+    try:
+        return parse_ban_network(_str(name, value))
+    except BadBan as exc:
+        raise InvalidParams(f"{name}: {exc}") from None
+
+
+def _duration(name: str, value: Any) -> float:
+    """Seconds >= 0 (0: until ws.unban), at most MAX_BAN_DURATION."""
+    from sipws.edge.limits import MAX_BAN_DURATION
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InvalidParams(f"{name}: must be a number of seconds, got {value!r}")
+    if value < 0 or value > MAX_BAN_DURATION:
+        raise InvalidParams(f"{name}: must be between 0 (no end) and {MAX_BAN_DURATION:.0f} seconds, got {value}")
+    return float(value)
+
+
+def _ban_reason(name: str, value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # sipws-ctl sends numeric-looking words as numbers
+    reason = _str(name, value)
+    if len(reason) > MAX_BAN_REASON:
+        raise InvalidParams(f"{name}: at most {MAX_BAN_REASON} characters")
+    return reason
+
+
+#: Longest reason kept with a ban.
+MAX_BAN_REASON = 200
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -365,6 +406,9 @@ def stats(root: Any) -> dict[str, Any]:
         "counters": counters(root),
         "trace": tracer_stats(root),
     }
+    limits = getattr(root, "limits", None)
+    if limits is not None:
+        result["limits"] = limits.stats()
     sip = relay_stats(root)
     if sip is not None:
         result["sip"] = sip
@@ -372,6 +416,26 @@ def stats(root: Any) -> dict[str, Any]:
     if registrar is not None:
         result["registrar"] = registrar
     return result
+
+
+def ws_ban(root: Any, network: Any, duration: float = 0.0, reason: str = "") -> dict[str, Any]:
+    """Ban an address or network: new connections dropped at accept, open ones closed (1008)."""
+    from sipws.edge.limits import BadBan, ban_until
+
+    try:
+        return root.limits.ban(network, ban_until(duration, _now(root)), reason)
+    except BadBan as exc:
+        raise AdminError(str(exc), NOT_AVAILABLE) from None
+
+
+def ws_unban(root: Any, network: Any) -> dict[str, Any]:
+    return root.limits.unban(network)
+
+
+def ws_bans(root: Any) -> dict[str, Any]:
+    """Active bans with their remaining time and how many connections each dropped."""
+    bans = root.limits.listing()
+    return {"bans": bans, "count": len(bans)}
 
 
 def version(root: Any) -> dict[str, Any]:
@@ -449,6 +513,10 @@ METHODS: dict[str, Method] = {
         Method("ws.enable", ws_enable, mutating=True),
         Method("ws.connect", ws_connect, (Param("url", _str),), mutating=True),
         Method("trace", trace, (Param("state", _on_off, None),), mutating=True),
+        Method("ws.ban", ws_ban, (Param("network", _ban_network), Param("duration", _duration, 0.0),
+                                  Param("reason", _ban_reason, "")), mutating=True),
+        Method("ws.unban", ws_unban, (Param("network", _ban_network),), mutating=True),
+        Method("ws.bans", ws_bans),
         Method("stats", stats),
         Method("version", version),
         Method("tls.reload", tls_reload, mutating=True),
