@@ -60,6 +60,10 @@ LISTEN_BACKLOG = 1024
 AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 
 
+def _ignore_data(data: bytes) -> None:
+    """What a connection dropped at accept does with bytes handed to it."""
+
+
 class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     """One accepted WebSocket connection carrying SIP."""
 
@@ -71,6 +75,9 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     def connectionMade(self) -> None:
         if self.factory.root.limits.drop_at_accept(self):  # banned (ws.ban): nothing parsed, no entry
             self._dropped_at_accept = True
+            # Bytes already read may still be handed over (a PROXY header reader replays what
+            # followed the header): ignored, as Twisted ignores reads after abortConnection.
+            self.dataReceived = _ignore_data  # type: ignore[method-assign]
             return
         self._refused: handshake.Refusal | None = None
         #: Set once a static file request was answered ([http] document_root).
