@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _limits  # noqa: E402 - bench/ is not a package
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
 SIPWS = ROOT_DIR / ".venv" / "bin" / "sipws"
@@ -114,6 +117,9 @@ class Sipws:
         self.admin_port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / f"{name}.toml"
+        if "[limits]" not in toml:  # one load generator, many connections: not a flood here
+            toml += _limits.TOML
+            print(f"{name}: {_limits.NOTE}", file=sys.stderr)
         self.config.write_text(toml.replace("{ws}", str(self.ws_port)).replace("{admin}", str(self.admin_port)))
         self.log_path = workdir / f"{name}.log"
         self.log = open(self.log_path, "wb")

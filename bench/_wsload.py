@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _limits  # noqa: E402 - bench/ is not a package
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
 #: Loopback source addresses the load generator spreads its connections over.
@@ -292,7 +295,8 @@ def _start_sipws(cert: str, key: str):
     from sipws.tap import build_service
     from sipws.transport.connections import OPEN
 
-    data: dict[str, Any] = {"ws": {"listen": ["127.0.0.1:0"]}, "sip": {"listen": []}, "admin": {"listen": ""}}
+    data: dict[str, Any] = {"ws": {"listen": ["127.0.0.1:0"]}, "sip": {"listen": []}, "admin": {"listen": ""},
+                            "limits": dict(_limits.OFF)}
     if cert:
         data["wss"] = {"listen": ["127.0.0.1:0"], "certificate": cert, "private_key": key}
     root = build_service(config_from_dict(data))

@@ -35,6 +35,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _limits  # noqa: E402 - bench/ is not a package
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = ROOT / ".venv" / "bin" / "twistd"
 if not TWISTD.exists():
@@ -117,7 +120,8 @@ def run_sipws(workers: int, connections: int) -> list[int]:
         config.write_text(f'[server]\nworkers = {workers}\n[ws]\nlisten = ["127.0.0.1:{ws_port}"]\n'
                           f'[http]\nrequire_origin = false\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
                           f'upstream = "sip:127.0.0.1:9;transport=udp"\n'
-                          f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n[log]\nlevel = "warn"\n')
+                          f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n[log]\nlevel = "warn"\n'
+                          + _limits.TOML)
         log = open(Path(tmp) / "log", "wb")
         process = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "sipws", "--config", str(config)],
                                    cwd=tmp, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -178,7 +182,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=2000)
     args = parser.parse_args()
-    print(f"{args.connections} connections opened one at a time over {args.workers} acceptors")
+    print(f"{args.connections} connections opened one at a time over {args.workers} acceptors; sipws: {_limits.NOTE}")
     results = {}
     for mode in ("shared", "reuseport"):
         results[mode] = run_raw(mode, args.workers, args.connections)

@@ -64,6 +64,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 import _wsload  # noqa: E402  (rss_kb, cpu_seconds, raise_file_limit)
+import _limits  # noqa: E402
 
 #: Configurations measured, by name: the [ws] keys of each.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -445,6 +446,7 @@ def serve(ws: dict[str, Any], log_path: str, echo: bool) -> None:
         "sip": {"listen": ["udp:127.0.0.1:0"]},
         "registrar": {"domains": [DOMAIN]},
         "admin": {"listen": ""},
+        "limits": dict(_limits.OFF),
     })
     root = build_service(config)
     root.privilegedStartService()
@@ -822,6 +824,7 @@ def main(argv: list[str]) -> int:
     _wsload.raise_file_limit()
     started = time.perf_counter()
     print("configurations ([ws] keys): " + "; ".join(f"{n} = {json.dumps(c)}" for n, c in CONFIGS.items()))
+    print(_limits.NOTE)
     with tempfile.TemporaryDirectory(prefix="sipws-bench-deflate-") as tmp:
         logdir = Path(tmp)
         if args.only in (None, "wire"):

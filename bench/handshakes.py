@@ -332,7 +332,8 @@ def main(argv: list[str]) -> int:
         args.rounds, args.duration = 1, 3.0
     print(f"handshakes: sipws 1 process against {args.workers} workers; {args.generators} generator processes x "
           f"{args.concurrency} cycles in flight, {args.duration:.0f} s per run, {args.rounds} round(s); "
-          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{relay._limits.NOTE}", flush=True)
     processes: list[relay.Process] = []
     rows: dict[int, list[dict]] = {1: [], args.workers: []}
     refused = ""

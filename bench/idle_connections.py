@@ -64,6 +64,7 @@ ROOT_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(ROOT_DIR))
 from sipws.fdlimit import FD_RESERVE  # noqa: E402
+import _limits  # noqa: E402
 
 #: Default number of idle connections.
 CONNECTIONS = 100_000
@@ -379,6 +380,7 @@ def start_sipws(workdir: Path, connections: int, compression: bool, profile: str
         + f'\n[keepalive]\ntimeout = {TIMEOUT}\n\n'
         f'[sip]\nlisten = []\nupstream = "sip:127.0.0.1:5060;transport=udp"\n\n'
         f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n\n[log]\nlevel = "info"\n'
+        + _limits.TOML
     )
     twistd = Path(sys.executable).with_name("twistd")
     log = workdir / "sipws.log"
@@ -621,7 +623,7 @@ def main(argv: list[str]) -> int:
     instances = max(1, -(-args.connections // per_instance))
     shares = [args.connections // instances + (1 if i < args.connections % instances else 0) for i in range(instances)]
     print(f"{args.connections} idle ws connections, [keepalive] timeout = {TIMEOUT} s"
-          + (", [ws] compression = true" if args.compression else ""), flush=True)
+          + (", [ws] compression = true" if args.compression else "") + f"; {_limits.NOTE}", flush=True)
     if instances > 1:
         print(f"open-file limit here: soft {limit}, hard {hard} (cannot be raised: no CAP_SYS_RESOURCE?); "
               f"one process holds at most {per_instance} connections ({FD_RESERVE} descriptors kept by sipws): "

@@ -57,6 +57,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _relay_peers  # noqa: E402 - bench/ is not a package
+import _limits  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT_DIR = BENCH_DIR.parent
@@ -283,6 +284,7 @@ def sipws_config(ws_port: int, upstream: int, workers: int, log_level: str = "wa
     if upstream:
         text += f'upstream = "sip:127.0.0.1:{upstream};transport=udp"\n'
     text += f'\n[admin]\nlisten = ""\n\n[log]\nlevel = "{log_level}"\n'
+    text += _limits.TOML  # a load generator is one source address: see _limits.NOTE
     return text
 
 
@@ -521,7 +523,7 @@ def bench(args: argparse.Namespace) -> int:
                       else _relay_peers.WARMUP_OPTIONS_PER_CLIENT) * args.clients
             print(f"relay, {args.scenario}: {args.clients} WebSocket clients x {args.window} {unit} in progress, "
                   f"{args.units} measured per proxy and round (after {warmup} warm-up), {args.rounds} round(s); "
-                  f"sipws workers {args.workers}, kamailio children = tcp_children = {args.kamailio_children}; "
+                  f"sipws workers {args.workers} ({_limits.NOTE}), kamailio children = tcp_children = {args.kamailio_children}; "
                   f"UDP core on 127.0.0.1:{upstream}; {os.cpu_count()} CPUs, load average "
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             for round_number in range(args.rounds):

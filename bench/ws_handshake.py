@@ -105,6 +105,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.count, args.wss_count = QUICK["count"], QUICK["wss_count"]
     _wsload.raise_file_limit()
+    print(_wsload._limits.NOTE)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sipws-bench-") as tmp:
         tmpdir = Path(tmp)

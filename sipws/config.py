@@ -10,67 +10,21 @@ whose message is one line naming the key, e.g.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sipws.errors import SipwsError
+from sipws import config_values as check
+from sipws.config_values import (
+    KEEPALIVE_MECHANISMS, LOG_LEVELS, MAX_EXPIRES, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TLS_VERSIONS,
+    ConfigError, HostPort, SipListen,
+)
+# Part of this module's interface for callers that read configurations:
+from sipws.config_values import parse_host_port, resolve_callable
 
-#: Largest payload of a WebSocket control frame (RFC 6455 §5.5).
-MAX_CONTROL_PAYLOAD = 125
-#: Smallest message size limit we accept: a SIP message shorter than this is useless.
-MIN_MESSAGE_SIZE = 256
-#: Largest message size limit we accept (16 MiB): beyond this a single peer could
-#: hold a worrying amount of memory in a reassembly buffer.
-MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-TLS_VERSIONS = ("1.2", "1.3")
-KEEPALIVE_MECHANISMS = ("none", "ping", "pong")
-SIP_TRANSPORTS = ("udp", "tcp", "tls")
-
-
-class ConfigError(SipwsError):
-    """A configuration problem; str() is the one line shown to the operator."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"config: {key}: {problem}")
-
-
-# --------------------------------------------------------------------------
-# Parsed value types
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    """A listening or target address; host is a literal IP or a DNS name."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class SipListen:
-    """One SIP-side socket: ``udp:HOST:PORT``, ``tcp:...`` or ``tls:...``."""
-
-    transport: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{HostPort(self.host, self.port)}"
-
+__all__ = ["Config", "ConfigError", "HostPort", "SipListen", "config_from_dict", "load_config",
+           "parse_host_port", "resolve_callable"]
 
 # --------------------------------------------------------------------------
 # Sections
@@ -262,7 +216,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Per-source limits, per instance (across workers); 0 = no limit.  docs/security.md."""
+    """Per-source limits, per instance (across workers); 0 = no limit.  docs/limits.md."""
 
     #: Open WebSocket connections from one client address (a NAT of browsers is one address).
     max_connections_per_ip: int = 1000
@@ -302,426 +256,25 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-# --------------------------------------------------------------------------
-# Value checkers: each takes (key, raw value) and returns the typed value.
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", str: "a string", list: "a list"}
-
-
-def _expect(key: str, value: Any, kind: type) -> Any:
-    # bool is a subclass of int in Python; TOML keeps them apart, so do we.
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, kind):
-        raise ConfigError(key, f"must be {_TYPE_NAMES[kind]}, got {value!r}")
-    return value
-
-
-def _int_range(lo: int, hi: int | None = None) -> Callable[[str, Any], int]:
-    def check(key: str, value: Any) -> int:
-        value = _expect(key, value, int)
-        if value < lo:
-            raise ConfigError(key, f"must be >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            raise ConfigError(key, f"must be <= {hi}, got {value}")
-        return value
-
-    return check
-
-
-def _positive_float(key: str, value: Any) -> float:
-    value = _expect(key, value, float)
-    if not value > 0:
-        raise ConfigError(key, f"must be > 0, got {value}")
-    return value
-
-
-def _bool(key: str, value: Any) -> bool:
-    return _expect(key, value, bool)
-
-
-def _str(key: str, value: Any) -> str:
-    return _expect(key, value, str)
-
-
-def _choice(*choices: str) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        value = _expect(key, value, str)
-        if value not in choices:
-            raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-_port = _int_range(1, 65535)
-
-
-def _resource(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if not value.startswith("/") or any(c in value for c in " ?#\r\n\t"):
-        raise ConfigError(key, f"must be a path starting with '/', got {value!r}")
-    return value
-
-
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-
-def _check_host(key: str, host: str, original: str) -> str:
-    if not host:
-        raise ConfigError(key, f"missing host in {original!r}")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if len(host) > 253 or not _HOST_RE.match(host):
-        raise ConfigError(key, f"bad host in {original!r}")
-    return host
-
-
-def parse_host_port(key: str, text: str, default_port: int | None) -> HostPort:
-    """Parse ``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT``."""
-    original = text
-    port: int | None = default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(key, f"unterminated '[' in {original!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if ":" not in host:
-            raise ConfigError(key, f"brackets are for IPv6 addresses, got {original!r}")
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(key, f"bad address {original!r}")
-            port = _parse_port(key, rest[1:], original)
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = _parse_port(key, port_text, original)
-    elif text.count(":") > 1:
-        raise ConfigError(key, f"write IPv6 addresses as [ADDR]:PORT, got {original!r}")
-    else:
-        host = text
-    if port is None:
-        raise ConfigError(key, f"missing port in {original!r}")
-    return HostPort(_check_host(key, host, original), port)
-
-
-def _parse_port(key: str, text: str, original: str) -> int:
-    # Port 0 (pick any) is allowed in listeners so tests can bind safely.
-    if not text.isdigit() or int(text) > 65535:
-        raise ConfigError(key, f"bad port in {original!r}")
-    return int(text)
-
-
-def _string_list(key: str, value: Any) -> list[str]:
-    value = _expect(key, value, list)
-    for item in value:
-        if not isinstance(item, str):
-            raise ConfigError(key, f"must be a list of strings, got item {item!r}")
-    return value
-
-
-def _listen_list(default_port_key: str) -> Callable[[str, Any, dict], tuple[HostPort, ...]]:
-    def check(key: str, value: Any, section: dict) -> tuple[HostPort, ...]:
-        port = section.get(default_port_key)
-        return tuple(parse_host_port(key, item, port) for item in _string_list(key, value))
-
-    return check
-
-
-def _sip_listen(key: str, value: Any, section: dict) -> tuple[SipListen, ...]:
-    result = []
-    for item in _string_list(key, value):
-        transport, sep, rest = item.partition(":")
-        if not sep or transport not in SIP_TRANSPORTS:
-            raise ConfigError(
-                key, f"entries are udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT, got {item!r}"
-            )
-        address = parse_host_port(key, rest, 5061 if transport == "tls" else 5060)
-        result.append(SipListen(transport, address.host, address.port))
-    return tuple(result)
-
-
-def _origins(key: str, value: Any) -> tuple[str, ...]:
-    result = []
-    for item in _string_list(key, value):
-        if item != "null" and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$", item):
-            raise ConfigError(
-                key, f"entries are origins like https://example.com or 'null', got {item!r}"
-            )
-        result.append(item.lower())
-    return tuple(result)
-
-
-def _ping_data(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if len(value.encode()) > MAX_CONTROL_PAYLOAD:
-        raise ConfigError(key, f"must be at most {MAX_CONTROL_PAYLOAD} bytes, got {len(value.encode())}")
-    return value
-
-
-def _directory(key: str, value: Any) -> str:
-    """A readable directory, kept as an absolute path (relative = to the working directory)."""
-    value = _expect(key, value, str)
-    if not value:
-        return value
-    if not os.path.isdir(value):
-        raise ConfigError(key, f"{value!r} is not a directory")
-    if not os.access(value, os.R_OK | os.X_OK):
-        raise ConfigError(key, f"directory {value!r} is not readable")
-    return os.path.abspath(value)
-
-
-def _readable_path(kind: str) -> Callable[[str, Any], str]:
-    """A file (or, for certificates, a directory of PEM files) that must be readable."""
-
-    def check(key: str, value: Any) -> str:
-        value = _expect(key, value, str)
-        if not value:
-            return value
-        if kind == "cert" and os.path.isdir(value):
-            if not os.access(value, os.R_OK | os.X_OK):
-                raise ConfigError(key, f"directory {value!r} is not readable")
-            return value
-        if not os.path.exists(value):
-            raise ConfigError(key, f"file {value!r} does not exist")
-        if not os.path.isfile(value):
-            raise ConfigError(key, f"{value!r} is not a file")
-        try:
-            with open(value, "rb") as handle:
-                handle.read(1)
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read {value!r}: {exc.strerror}") from None
-        return value
-
-    return check
-
-
-def _endpoint_string(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if value and not re.match(r"^(tcp|unix|tcp6|ssl):", value):
-        raise ConfigError(key, f"must be a Twisted endpoint like tcp:8088 or unix:/path, got {value!r}")
-    return value
-
-
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: Handshake headers sipws writes itself; configuring them would break the upgrade.
-_RESERVED_HEADERS = frozenset(
-    ("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
-     "sec-websocket-protocol", "sec-websocket-extensions", "origin")
-)
-
-
-def _headers_table(key: str, value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a table of header names to values, got {value!r}")
-    result = []
-    for name, text in value.items():
-        if not _HEADER_NAME_RE.match(name) or name.lower() in _RESERVED_HEADERS:
-            raise ConfigError(key, f"bad or reserved header name {name!r}")
-        if not isinstance(text, str) or any(c in text for c in "\r\n"):
-            raise ConfigError(key, f"header {name!r} needs a one-line string value")
-        result.append((name, text))
-    return tuple(result)
-
-
-def _origin(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if value and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$", value):
-        raise ConfigError(key, f"must be an origin like https://sipws.example.com, got {value!r}")
-    return value
-
-
-def _trace_destination(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if not value:
-        return value
-    proto, sep, rest = value.partition(":")
-    if not sep or proto not in ("udp", "tcp"):
-        raise ConfigError(key, f"must be udp:HOST:PORT or tcp:HOST:PORT, got {value!r}")
-    parse_host_port(key, rest, None)
-    return value
-
-
-def _upstream(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if value == "":
-        return value  # standalone mode
-    lowered = value.lower()
-    if lowered.startswith(("ws://", "wss://")):
-        rest = value.split("://", 1)[1]
-        hostport = rest.split("/", 1)[0]
-        if not hostport:
-            raise ConfigError(key, f"missing host in {value!r}")
-        parse_host_port(key, hostport, 0)
-        return value
-    if not lowered.startswith(("sip:", "sips:")):
-        raise ConfigError(key, f"must be a sip:/sips: URI or a ws:// / wss:// URL, got {value!r}")
-    hostpart = value.split(":", 1)[1].split(";", 1)[0]
-    if "@" in hostpart:
-        hostpart = hostpart.rsplit("@", 1)[1]
-    parse_host_port(key, hostpart, 0)
-    match = re.search(r";transport=([^;>]*)", value, re.IGNORECASE)
-    if match and match.group(1).lower() not in SIP_TRANSPORTS + ("ws",):
-        raise ConfigError(key, f"unsupported transport {match.group(1)!r}")
-    return value
-
-
-#: Longest registration sipws accepts as a setting (one week; RFC 3261 allows up to 2**32-1).
-MAX_EXPIRES = 7 * 24 * 3600
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-
-
-def _domains(key: str, value: Any) -> tuple[str, ...]:
-    items = _expect(key, value, list)
-    domains = []
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise ConfigError(key, f"must be a list of domain names, got {item!r}")
-        lowered = item.lower()
-        if not _DOMAIN_RE.match(lowered):
-            raise ConfigError(key, f"not a domain name: {item!r}")
-        domains.append(lowered)
-    return tuple(domains)
-
-
-def _advertise(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if value:
-        parse_host_port(key, value, 0)
-    return value
-
-
-def _callable_ref(key: str, value: Any) -> str:
-    """``package.module:callable``; resolved now so a typo stops start-up."""
-    value = _expect(key, value, str)
-    if value:
-        resolve_callable(key, value)
-    return value
-
-
-def resolve_callable(key: str, ref: str) -> Callable[..., Any]:
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(key, f"must be package.module:callable, got {ref!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure is a config problem
-        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}")
-    if not callable(target):
-        raise ConfigError(key, f"{ref!r} is not callable")
-    return target
-
-
-def _cidrs(key: str, value: Any) -> tuple[str, ...]:
-    """A list of addresses or CIDRs, normalised (``10.0.0.0/8``, ``::1/128``)."""
-    from sipws.edge.networks import BadNetwork, parse_network
-
-    result = []
-    for item in _string_list(key, value):
-        try:
-            result.append(str(parse_network(item)))
-        except BadNetwork as exc:
-            raise ConfigError(key, str(exc)) from None
-    return tuple(result)
-
-
-def _secrets(key: str, value: Any) -> tuple[str, ...]:
-    items = _string_list(key, value)
-    if any(not item for item in items):
-        raise ConfigError(key, "an empty secret verifies nothing")
-    return tuple(items)
-
-
-def _jwt_key_file(loader_name: str) -> Callable[[str, Any], str]:
-    """A readable file that ``sipws.edge.credentials.<loader_name>`` accepts: a PEM RSA/EC
-    public key, or a JWKS of RSA/EC keys; read now so a wrong file stops start-up."""
-    readable = _readable_path("file")
-
-    def check(key: str, value: Any) -> str:
-        value = readable(key, value)
-        if value:
-            from sipws.edge import credentials
-
-            try:
-                getattr(credentials, loader_name)(value)
-            except credentials.KeyFileError as exc:
-                raise ConfigError(key, str(exc)) from None
-        return value
-
-    return check
-
-
-#: Shortest jwt_secret: an HS256 key at least as long as the hash (RFC 7518 §3.2).
-MIN_JWT_SECRET_BYTES = 32
-
-
-def _jwt_secret(key: str, value: Any) -> str:
-    value = _expect(key, value, str)
-    if value and len(value.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
-        raise ConfigError(key, f"must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256 (RFC 7518 §3.2), "
-                               f"got {len(value.encode('utf-8'))}")
-    return value
-
-
-def _rate(key: str, value: Any) -> float:
-    value = _expect(key, value, float)
-    if value < 0:
-        raise ConfigError(key, f"must be >= 0 (0 = no limit), got {value}")
-    return value
-
-
-def _window_bits(key: str, value: Any) -> int:
-    """9..15: RFC 7692 allows 8, but zlib cannot compress raw deflate with an 8-bit window."""
-    if value == 8 and not isinstance(value, bool):
-        raise ConfigError(key, "must be 9..15, got 8 (RFC 7692 allows 8, zlib cannot compress with it)")
-    return _int_range(9, 15)(key, value)
-
 
 # --------------------------------------------------------------------------
 # Schema: section -> key -> checker.  A checker taking three arguments also
 # sees the raw section (for defaults such as `port`).
 
-#: Most worker processes one instance runs ([server] workers).
-MAX_WORKERS = 64
-
-
-def _workers(key: str, value: Any) -> int:
-    """A worker count, or "auto" = the CPUs this process may run on."""
-    if value == "auto":
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-        return max(1, min(cpus, MAX_WORKERS))
-    if isinstance(value, str):
-        raise ConfigError(key, f'must be an integer or "auto", got {value!r}')
-    return _int_range(1, MAX_WORKERS)(key, value)
-
-
 _COMMON_WS = {
-    "listen": _listen_list("port"),
-    "port": _port,
-    "resource": _resource,
-    "handshake_timeout": _positive_float,
-    "max_connections": _int_range(0),
-    "send_timeout": _positive_float,
-    "max_msg_chunks": _int_range(1, 65535),
-    "max_message_size": _int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
-    "compression": _bool,
-    "compression_max_window_bits": _window_bits,
-    "compression_no_context_takeover": _bool,
-    "compression_mem_level": _int_range(1, 9),
-    "proxy_protocol_from": _cidrs,
+    "listen": check.listen_list("port"),
+    "port": check.port,
+    "resource": check.resource,
+    "handshake_timeout": check.positive_float,
+    "max_connections": check.int_range(0),
+    "send_timeout": check.positive_float,
+    "max_msg_chunks": check.int_range(1, 65535),
+    "max_message_size": check.int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
+    "compression": check.boolean,
+    "compression_max_window_bits": check.window_bits,
+    "compression_no_context_takeover": check.boolean,
+    "compression_mem_level": check.int_range(1, 9),
+    "proxy_protocol_from": check.cidrs,
 }
 
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
@@ -730,114 +283,114 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
         WssConfig,
         {
             **_COMMON_WS,
-            "certificate": _readable_path("cert"),
-            "private_key": _readable_path("file"),
-            "ca_list": _readable_path("file"),
-            "require_client_cert": _bool,
-            "min_tls_version": _choice(*TLS_VERSIONS),
-            "tls_handshake_timeout": _positive_float,
-            "verify_server": _bool,
-            "cert_check_on_conn_reusage": _bool,
+            "certificate": check.readable_path("cert"),
+            "private_key": check.readable_path("file"),
+            "ca_list": check.readable_path("file"),
+            "require_client_cert": check.boolean,
+            "min_tls_version": check.choice(*TLS_VERSIONS),
+            "tls_handshake_timeout": check.positive_float,
+            "verify_server": check.boolean,
+            "cert_check_on_conn_reusage": check.boolean,
         },
     ),
     "http": (
         HttpConfig,
         {
-            "require_origin": _bool,
-            "allowed_origins": _origins,
-            "cors_mode": _int_range(0, 2),
-            "document_root": _directory,
-            "trusted_proxies": _cidrs,
+            "require_origin": check.boolean,
+            "allowed_origins": check.origins,
+            "cors_mode": check.int_range(0, 2),
+            "document_root": check.directory,
+            "trusted_proxies": check.cidrs,
         },
     ),
     "keepalive": (
         KeepaliveConfig,
         {
-            "mechanism": _choice(*KEEPALIVE_MECHANISMS),
-            "timeout": _positive_float,
-            "interval": _positive_float,
-            "ping_data": _ping_data,
+            "mechanism": check.choice(*KEEPALIVE_MECHANISMS),
+            "timeout": check.positive_float,
+            "interval": check.positive_float,
+            "ping_data": check.ping_data,
         },
     ),
     "sip": (
         SipConfig,
         {
-            "listen": _sip_listen,
-            "advertise": _advertise,
-            "upstream": _upstream,
-            "flow_token_secret": _str,
-            "contact_mode": _choice("path", "alias"),
-            "max_message_size": _int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
-            "max_headers": _int_range(8, 65535),
-            "max_header_line": _int_range(256, MAX_MESSAGE_SIZE),
-            "max_uri_length": _int_range(64, MAX_MESSAGE_SIZE),
-            "max_vias": _int_range(1, 1024),
-            "t1": _positive_float,
-            "t2": _positive_float,
-            "t4": _positive_float,
-            "udp_buffer_size": _int_range(0, MAX_UDP_BUFFER),
+            "listen": check.sip_listen,
+            "advertise": check.advertise,
+            "upstream": check.upstream,
+            "flow_token_secret": check.string,
+            "contact_mode": check.choice("path", "alias"),
+            "max_message_size": check.int_range(MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
+            "max_headers": check.int_range(8, 65535),
+            "max_header_line": check.int_range(256, MAX_MESSAGE_SIZE),
+            "max_uri_length": check.int_range(64, MAX_MESSAGE_SIZE),
+            "max_vias": check.int_range(1, 1024),
+            "t1": check.positive_float,
+            "t2": check.positive_float,
+            "t4": check.positive_float,
+            "udp_buffer_size": check.int_range(0, MAX_UDP_BUFFER),
         },
     ),
     "registrar": (
         RegistrarConfig,
         {
-            "domains": _domains,
-            "min_expires": _int_range(1, MAX_EXPIRES),
-            "max_expires": _int_range(1, MAX_EXPIRES),
-            "default_expires": _int_range(1, MAX_EXPIRES),
+            "domains": check.domains,
+            "min_expires": check.int_range(1, MAX_EXPIRES),
+            "max_expires": check.int_range(1, MAX_EXPIRES),
+            "default_expires": check.int_range(1, MAX_EXPIRES),
         },
     ),
     "client": (
         ClientConfig,
         {
-            "origin": _origin,
-            "headers": _headers_table,
-            "certificate": _readable_path("file"),
-            "private_key": _readable_path("file"),
-            "max_queued_messages": _int_range(1, 100_000),
-            "max_queued_bytes": _int_range(1024, MAX_MESSAGE_SIZE * 16),
+            "origin": check.origin,
+            "headers": check.headers_table,
+            "certificate": check.readable_path("file"),
+            "private_key": check.readable_path("file"),
+            "max_queued_messages": check.int_range(1, 100_000),
+            "max_queued_bytes": check.int_range(1024, MAX_MESSAGE_SIZE * 16),
         },
     ),
     "trace": (
         TraceConfig,
         {
-            "destination": _trace_destination,
-            "on": _bool,
-            "filter": _callable_ref,
-            "capture_id": _int_range(0, 2**32 - 1),
-            "auth_key": _str,
-            "node_name": _str,
-            "queue_size": _int_range(1, 10_000_000),
+            "destination": check.trace_destination,
+            "on": check.boolean,
+            "filter": check.callable_ref,
+            "capture_id": check.int_range(0, 2**32 - 1),
+            "auth_key": check.string,
+            "node_name": check.string,
+            "queue_size": check.int_range(1, 10_000_000),
         },
     ),
-    "admin": (AdminConfig, {"listen": _endpoint_string, "token": _str}),
-    "events": (EventsConfig, {"on_closed": _callable_ref}),
-    "log": (LogConfig, {"level": _choice(*LOG_LEVELS), "format": _choice("text", "json")}),
-    "server": (ServerConfig, {"workers": _workers}),
+    "admin": (AdminConfig, {"listen": check.endpoint_string, "token": check.string}),
+    "events": (EventsConfig, {"on_closed": check.callable_ref}),
+    "log": (LogConfig, {"level": check.choice(*LOG_LEVELS), "format": check.choice("text", "json")}),
+    "server": (ServerConfig, {"workers": check.workers}),
     "auth": (
         AuthConfig,
         {
-            "required": _bool,
-            "hmac_secrets": _secrets,
-            "hmac_algorithm": _choice("sha256", "sha1"),
-            "jwt_secret": _jwt_secret,
-            "jwt_public_key": _jwt_key_file("load_public_key"),
-            "jwt_jwks": _jwt_key_file("load_jwks"),
-            "jwt_audience": _str,
-            "jwt_issuer": _str,
-            "jwt_identity_claim": _str,
-            "hook": _callable_ref,
-            "bind_identity": _bool,
+            "required": check.boolean,
+            "hmac_secrets": check.secrets,
+            "hmac_algorithm": check.choice("sha256", "sha1"),
+            "jwt_secret": check.jwt_secret,
+            "jwt_public_key": check.jwt_key_file("load_public_key"),
+            "jwt_jwks": check.jwt_key_file("load_jwks"),
+            "jwt_audience": check.string,
+            "jwt_issuer": check.string,
+            "jwt_identity_claim": check.string,
+            "hook": check.callable_ref,
+            "bind_identity": check.boolean,
         },
     ),
     "limits": (
         LimitsConfig,
         {
-            "max_connections_per_ip": _int_range(0),
-            "handshakes_per_ip_per_second": _rate,
-            "handshakes_per_ip_burst": _int_range(1),
-            "messages_per_connection_per_second": _rate,
-            "messages_per_connection_burst": _int_range(1),
+            "max_connections_per_ip": check.int_range(0),
+            "handshakes_per_ip_per_second": check.rate,
+            "handshakes_per_ip_burst": check.int_range(1),
+            "messages_per_connection_per_second": check.rate,
+            "messages_per_connection_burst": check.int_range(1),
         },
     ),
 }

@@ -139,6 +139,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
         "sipws.fdlimit",
         "sipws.trace.tracer",
         "sipws.transport.tls_store",
+        "sipws.transport.edge_limits",
         "sipws.transport.ws_server",
         "sipws.transport.ws_client",
         "sipws.transport.standalone",

@@ -183,9 +183,30 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+#: ws.bans table columns.
+BAN_COLUMNS = (
+    ("NETWORK", "network"),
+    ("REMAINING", "remaining"),
+    ("DROPS", "drops"),
+    ("REASON", "reason"),
+)
+
+
+def format_bans(result: dict[str, Any]) -> str:
+    bans = result.get("bans") or []
+    footer = f"{len(bans)} ban(s)"
+    if not bans:
+        return footer
+    rows = [dict(ban, remaining="until unbanned" if ban.get("remaining") is None else f"{ban['remaining']:.0f} s")
+            for ban in bans]
+    return format_table(rows, BAN_COLUMNS) + "\n" + footer
+
+
 def format_result(method: str, result: Any) -> str:
     if method == "ws.dump" and isinstance(result, dict) and "connections" in result:
         return format_dump(result)
+    if method == "ws.bans" and isinstance(result, dict) and isinstance(result.get("bans"), list):
+        return format_bans(result)
     if isinstance(result, dict):
         return "\n".join(f"{key}: {_value(item)}" for key, item in flatten(result))
     if isinstance(result, list):
@@ -210,7 +231,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sipws-ctl",
         description="Call a sipws admin method (ws.dump, ws.close, ws.ping, ws.pong, ws.disable, "
-        "ws.enable, ws.connect, trace, stats, version, tls.reload, registrar.dump).",
+        "ws.enable, ws.connect, ws.ban, ws.unban, ws.bans, trace, stats, version, tls.reload, "
+        "registrar.dump, workers).",
     )
     p.add_argument("--url", default=None, help=f"admin endpoint (default ${ENV_URL} or {DEFAULT_URL}; unix:/PATH for a unix socket)")
     p.add_argument("--token", default=None, help=f"bearer token (default ${ENV_TOKEN})")

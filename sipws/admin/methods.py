@@ -14,33 +14,27 @@ details on the wire (the traceback goes to the log).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipws import __version__
-from sipws.errors import SipwsError
+from sipws.admin import params
+from sipws.admin.params import (
+    CONNECT_FAILED, METHOD_NOT_FOUND, NOT_AVAILABLE, NOT_OPEN, RELOAD_FAILED, AdminError, InvalidParams, Method,
+    NoSuchConnection, Param, bind,
+)
+# The error codes rpc.py and workers/admin.py read as methods.X:
+from sipws.admin.params import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, NO_SUCH_CONNECTION, PARSE_ERROR
+
+__all__ = ["METHODS", "call", "AdminError", "InvalidParams", "NoSuchConnection", "Method", "Param", "bind",
+           "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
+           "NO_SUCH_CONNECTION", "NOT_OPEN", "NOT_AVAILABLE", "CONNECT_FAILED", "RELOAD_FAILED"]
 from sipws.trace.errors import TraceNotConfigured
 from sipws.transport.connections import ConnectionRecord
-from sipws.transport.ws_common import MAX_CLOSE_REASON, close_code_allowed
 
 log = Logger(namespace="sipws.admin")
-
-# -- JSON-RPC 2.0 error codes -----------------------------------------------------
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-#: Implementation-defined server errors (-32000 to -32099).
-NO_SUCH_CONNECTION = -32001
-NOT_OPEN = -32002
-NOT_AVAILABLE = -32003
-CONNECT_FAILED = -32004
-RELOAD_FAILED = -32005
 
 # -- limits and defaults ------------------------------------------------------------
 
@@ -72,138 +66,14 @@ KNOWN_COUNTERS = (
     "ws.forwarded_ignored",
     "trace.packets_sent",
     "trace.packets_dropped",
+    # [limits] and bans (sipws.transport.edge_limits, docs/limits.md)
+    "limits.banned_dropped",
+    "limits.banned_refused",
+    "limits.connections_refused",
+    "limits.handshakes_refused",
+    "limits.messages_closed",
+    "limits.ban_closed",
 )
-
-
-class AdminError(SipwsError):
-    """A request the admin interface refuses; ``code`` is its JSON-RPC error code."""
-
-    code = INTERNAL_ERROR
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        self.message = message
-
-
-class InvalidParams(AdminError):
-    code = INVALID_PARAMS
-
-
-class NoSuchConnection(AdminError):
-    code = NO_SUCH_CONNECTION
-
-    def __init__(self, conn_id: int) -> None:
-        super().__init__(f"no connection with id {conn_id}")
-        self.conn_id = conn_id
-
-
-# -- parameter binding ----------------------------------------------------------------
-
-_REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter: its name, a checker turning the raw JSON value into the typed one."""
-
-    name: str
-    check: Callable[[str, Any], Any]
-    default: Any = _REQUIRED
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    function: Callable[..., Any]
-    params: tuple[Param, ...] = field(default_factory=tuple)
-    #: Changes state: logged at info with the caller's address.
-    mutating: bool = False
-
-
-def bind(method: Method, params: Any) -> dict[str, Any]:
-    """JSON-RPC params (absent, array or object) → keyword arguments, or InvalidParams."""
-    spec = method.params
-    raw: dict[str, Any] = {}
-    if params is None:
-        pass
-    elif isinstance(params, list):
-        if len(params) > len(spec):
-            raise InvalidParams(f"{method.name} takes at most {len(spec)} parameter(s), got {len(params)}")
-        raw = {p.name: value for p, value in zip(spec, params)}
-    elif isinstance(params, dict):
-        known = {p.name for p in spec}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise InvalidParams(f"{method.name}: unknown parameter {unknown[0]!r}")
-        raw = dict(params)
-    else:
-        raise InvalidParams("params must be an array or an object")
-    bound: dict[str, Any] = {}
-    for p in spec:
-        if p.name in raw:
-            bound[p.name] = p.check(p.name, raw[p.name])
-        elif p.default is _REQUIRED:
-            raise InvalidParams(f"{method.name}: missing parameter {p.name!r}")
-        else:
-            bound[p.name] = p.default
-    return bound
-
-
-def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[str, Any], int]:
-    def check(name: str, value: Any) -> int:
-        # JSON has one number type: 7.0 is accepted as 7, 7.5 and true are not.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise InvalidParams(f"{name}: must be an integer, got {value!r}")
-        value = int(value)
-        if minimum is not None and value < minimum:
-            raise InvalidParams(f"{name}: must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise InvalidParams(f"{name}: must be <= {maximum}, got {value}")
-        return value
-
-    return check
-
-
-def _str(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise InvalidParams(f"{name}: must be a string, got {value!r}")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[str, Any], str]:
-    def check(name: str, value: Any) -> str:
-        if value not in choices:
-            raise InvalidParams(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _on_off(name: str, value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("on", "off"):
-        return value.lower() == "on"
-    raise InvalidParams(f"{name}: must be on or off, got {value!r}")
-
-
-def _close_code(name: str, value: Any) -> int:
-    code = _int()(name, value)
-    if not close_code_allowed(code):
-        raise InvalidParams(f"{name}: close code {code} may not be sent (1000-1003, 1007-1011, 3000-4999)")
-    return code
-
-
-def _close_reason(name: str, value: Any) -> str:
-    # sipws-ctl sends numeric-looking arguments as numbers: `ws.close 7 4000 42`.
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    reason = _str(name, value)
-    if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
-        raise InvalidParams(f"{name}: at most {MAX_CLOSE_REASON} bytes in UTF-8")
-    return reason
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -365,6 +235,9 @@ def stats(root: Any) -> dict[str, Any]:
         "counters": counters(root),
         "trace": tracer_stats(root),
     }
+    limits = getattr(root, "limits", None)
+    if limits is not None:
+        result["limits"] = limits.stats()
     sip = relay_stats(root)
     if sip is not None:
         result["sip"] = sip
@@ -372,6 +245,26 @@ def stats(root: Any) -> dict[str, Any]:
     if registrar is not None:
         result["registrar"] = registrar
     return result
+
+
+def ws_ban(root: Any, network: Any, duration: float = 0.0, reason: str = "") -> dict[str, Any]:
+    """Ban an address or network: new connections dropped at accept, open ones closed (1008)."""
+    from sipws.edge.limits import BadBan, ban_until
+
+    try:
+        return root.limits.ban(network, ban_until(duration, _now(root)), reason)
+    except BadBan as exc:
+        raise AdminError(str(exc), NOT_AVAILABLE) from None
+
+
+def ws_unban(root: Any, network: Any) -> dict[str, Any]:
+    return root.limits.unban(network)
+
+
+def ws_bans(root: Any) -> dict[str, Any]:
+    """Active bans with their remaining time and how many connections each dropped."""
+    bans = root.limits.listing()
+    return {"bans": bans, "count": len(bans)}
 
 
 def version(root: Any) -> dict[str, Any]:
@@ -427,7 +320,7 @@ def tls_reload(root: Any) -> dict[str, Any]:
         raise AdminError(f"reload failed, current certificates kept: {exc}", RELOAD_FAILED) from None
 
 
-_ID = Param("id", _int(minimum=1))
+_ID = Param("id", params.integer(minimum=1))
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -435,20 +328,24 @@ METHODS: dict[str, Method] = {
         Method(
             "ws.dump",
             ws_dump,
-            (Param("order", _choice(*DUMP_ORDERS), "id_hash"), Param("limit", _int(minimum=1), DEFAULT_DUMP_LIMIT)),
+            (Param("order", params.choice(*DUMP_ORDERS), "id_hash"), Param("limit", params.integer(minimum=1), DEFAULT_DUMP_LIMIT)),
         ),
         Method(
             "ws.close",
             ws_close,
-            (_ID, Param("code", _close_code, DEFAULT_CLOSE_CODE), Param("reason", _close_reason, DEFAULT_CLOSE_REASON)),
+            (_ID, Param("code", params.close_code, DEFAULT_CLOSE_CODE), Param("reason", params.close_reason, DEFAULT_CLOSE_REASON)),
             mutating=True,
         ),
         Method("ws.ping", ws_ping, (_ID,), mutating=True),
         Method("ws.pong", ws_pong, (_ID,), mutating=True),
         Method("ws.disable", ws_disable, mutating=True),
         Method("ws.enable", ws_enable, mutating=True),
-        Method("ws.connect", ws_connect, (Param("url", _str),), mutating=True),
-        Method("trace", trace, (Param("state", _on_off, None),), mutating=True),
+        Method("ws.connect", ws_connect, (Param("url", params.text),), mutating=True),
+        Method("trace", trace, (Param("state", params.on_off, None),), mutating=True),
+        Method("ws.ban", ws_ban, (Param("network", params.ban_network), Param("duration", params.duration, 0.0),
+                                  Param("reason", params.ban_reason, "")), mutating=True),
+        Method("ws.unban", ws_unban, (Param("network", params.ban_network),), mutating=True),
+        Method("ws.bans", ws_bans),
         Method("stats", stats),
         Method("version", version),
         Method("tls.reload", tls_reload, mutating=True),

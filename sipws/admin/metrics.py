@@ -99,6 +99,9 @@ def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[st
     for key in ("queue_length", "queue_bytes"):
         if isinstance(trace.get(key), (int, float)) and not isinstance(trace.get(key), bool):
             yield gauge(name("trace", key), f"HEP tracer {key.replace('_', ' ')}", trace[key])
+    limits = stats.get("limits")
+    if isinstance(limits, dict) and isinstance(limits.get("bans"), int):
+        yield gauge(name("limits_bans"), "active bans (ws.ban)", limits["bans"])
     yield from _counters(stats.get("counters", {}), prefix, names, values)
     sip = stats.get("sip")
     if sip:

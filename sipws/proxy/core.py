@@ -155,7 +155,12 @@ class EdgeProxy(TowardCoreMixin, TowardFlowMixin, AckCancelMixin, ResponsesMixin
         """Connection ``conn_id`` is gone: forget it, fail what waits on it (430)."""
         self.flows.pop(conn_id, None)
         for txn in list(self._toward_flow.get(conn_id, ())):
-            txn.context.error_status = 430
+            ctx = txn.context
+            if ctx is None:
+                # Ended (and released) while an earlier one in this loop failed: its 430
+                # went out through that one, or it had already finished.
+                continue
+            ctx.error_status = 430
             txn.transport_error("connection closed")
 
     def _track(self, txn: ClientTransaction, conn_id: int) -> None:

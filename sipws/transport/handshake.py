@@ -17,6 +17,7 @@ Sec-WebSocket-Version other than 13                    426 (+ Sec-WebSocket-Vers
 Sec-WebSocket-Key not base64 of 16 bytes               400
 "sip" not among the offered subprotocols               400 (+ Sec-WebSocket-Protocol: sip)
 Origin missing (require_origin) or not allowed         403
+(then, in ws_server) banned source, [limits] exceeded   403 / 429 (edge_limits.py)
 ====================================================  ======
 
 After these, ``[auth]`` (sipws.transport.auth) may answer 401 (no
@@ -48,6 +49,7 @@ STATUS_TEXT = {
     404: "Not Found",
     405: "Method Not Allowed",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",

@@ -144,6 +144,8 @@ class SipWebSocketMixin:
     factory: Any
     transport: Any
     state: int
+    #: [limits] messages_per_connection_per_second: a TokenBucket (accepted connections), or None.
+    _bucket: Any = None
 
     def _enter_table(self, role: str) -> None:
         """Create and register the record; called from connectionMade."""
@@ -250,6 +252,24 @@ class SipWebSocketMixin:
             if self.transport is not None:
                 self.transport.loseConnection()
 
+    def close_for_policy(self, reason: str) -> None:
+        """Close with 1008 and read nothing more (a flood is not processed further).
+
+        Like ``_fail_connection`` but without Autobahn's own warning line per
+        connection: the limits adapter writes a throttled one instead.
+        """
+        if self._failed:
+            return
+        self._failed = True
+        self.failedByMe = True
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.root.stats.incr("ws.frames_out")
+            reason_bytes = reason.encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+            self.sendCloseFrame(code=1008, reasonUtf8=reason_bytes, isReply=False)
+            self.record.state = CLOSING
+        if self.transport is not None:
+            self.transport.loseConnection()
+
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         if self._failed:
             return True  # the peer's answer to our failure Close: nothing to do
@@ -281,6 +301,10 @@ class SipWebSocketMixin:
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         root = self.factory.root
         record = self.record
+        # Both the fast path and Autobahn's end here; last_used is this read's time (_mark_alive).
+        bucket = self._bucket
+        if bucket is not None and not bucket.take(record.last_used):
+            return root.limits.over_message_rate(self)
         if payload in CRLF_KEEPALIVES:
             root.stats.incr("ws.crlf_keepalives")
             self._send_message(CRLF_REPLY, False)
@@ -303,6 +327,9 @@ class SipWebSocketMixin:
 
     def onPing(self, payload: bytes) -> None:
         self.factory.root.stats.incr("ws.frames_in")
+        bucket = self._bucket  # a Ping costs a Pong: it counts as a message
+        if bucket is not None and not bucket.take(self.record.last_used):
+            return self.factory.root.limits.over_message_rate(self)
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:

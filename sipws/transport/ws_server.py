@@ -60,8 +60,17 @@ LISTEN_BACKLOG = 1024
 AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 
 
+def _ignore_data(data: bytes) -> None:
+    """What a connection dropped at accept does with bytes handed to it."""
+
+
 class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
     """One accepted WebSocket connection carrying SIP."""
+
+    #: The source counted toward [limits] max_connections_per_ip while this connection lives.
+    limit_source: str | None = None
+    #: True when the peer was banned and the connection aborted at accept (nothing else was set up).
+    _dropped_at_accept = False
 
     def dropConnection(self, abort: bool = False) -> None:
         # After a closing handshake that we started and the peer answered (our 1001
@@ -73,6 +82,12 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         super().dropConnection(abort=abort and not getattr(self, "wasClean", False))
 
     def connectionMade(self) -> None:
+        if self.factory.root.limits.drop_at_accept(self):  # banned (ws.ban): nothing parsed, no entry
+            self._dropped_at_accept = True
+            # Bytes already read may still be handed over (a PROXY header reader replays what
+            # followed the header): ignored, as Twisted ignores reads after abortConnection.
+            self.dataReceived = _ignore_data  # type: ignore[method-assign]
+            return
         self._refused: handshake.Refusal | None = None
         #: Set once a static file request was answered ([http] document_root).
         self._served: str | None = None
@@ -85,8 +100,13 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         self.record.local = self.factory.local_addresses.setdefault(self.record.local, self.record.local)
         super().connectionMade()
         self.transport.registerProducer(self, True)
+        self._bucket = self.factory.root.limits.message_bucket(self.record.created)
 
     def connectionLost(self, reason: Any) -> None:
+        if self._dropped_at_accept:
+            return  # never set up: nothing to undo
+        if self.limit_source is not None:
+            self.factory.root.limits.released(self)
         reason = self._note_tls_failure(reason)
         if self._auth_pending is not None:  # the hook's answer will find nobody
             self._auth_pending.cancel()
@@ -168,6 +188,7 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         refusal = handshake.check_request(parsed, self.factory.policy, self.factory.root.accepting)
         if refusal is None:
             refusal = self.factory.over_capacity()
+        refusal = refusal or self.factory.root.limits.admit(self)  # [limits], bans: 403 / 429
         if refusal is not None:
             return self._refuse(refusal, head)
         self._request = parsed

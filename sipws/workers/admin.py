@@ -12,6 +12,9 @@ errors (they are bound here, in the master, first):
 - ``ws.disable``, ``ws.enable``, ``trace``, ``tls.reload`` go to every worker,
   and the state they set is handed to a worker started later;
 - ``ws.connect`` runs on the first ready worker;
+- ``ws.ban``, ``ws.unban`` go to every worker; the master keeps the list and
+  hands it to a worker started later; ``ws.bans`` is the master's list with
+  each ban's drops added up over the workers;
 - ``workers`` lists the worker processes (also answered by a single process).
 """
 
@@ -120,6 +123,55 @@ def _connect(master: Any, bound: dict[str, Any]) -> Any:
     return _ask(_ready(master)[0], "ws.connect", bound)
 
 
+def _ban(master: Any, bound: dict[str, Any]) -> Any:
+    """The master keeps the list (for workers started later); every worker applies the ban."""
+    from sipws.edge.limits import BadBan, ban_until
+
+    now = master.reactor.seconds()
+    try:
+        ban = master.bans.add(bound["network"], ban_until(bound["duration"], now), bound["reason"], now)
+    except BadBan as exc:
+        raise methods.AdminError(str(exc), methods.NOT_AVAILABLE) from None
+
+    def merge(answers: list[Any]) -> dict[str, Any]:
+        result = dict(ban.as_dict(now))
+        result["drops"] = sum(int(a.get("drops", 0)) for _, a in answers)
+        result["closed"] = sum(int(a.get("closed", 0)) for _, a in answers)
+        return result
+
+    return _ask_all(master, "ws.ban", bound).addCallback(merge)
+
+
+def _unban(master: Any, bound: dict[str, Any]) -> Any:
+    removed = master.bans.remove(bound["network"]) is not None
+
+    def merge(answers: list[Any]) -> dict[str, Any]:
+        return {"network": str(bound["network"]), "unbanned": removed or any(a.get("unbanned") for _, a in answers),
+                "drops": sum(int(a.get("drops", 0)) for _, a in answers)}
+
+    return _ask_all(master, "ws.unban", bound).addCallback(merge)
+
+
+def _bans(master: Any, bound: dict[str, Any]) -> Any:
+    """The master's list, each ban's drops added up over the workers."""
+    def merge(answers: list[Any]) -> dict[str, Any]:
+        drops: dict[str, int] = {}
+        for _, answer in answers:
+            for entry in answer.get("bans", ()):
+                drops[entry["network"]] = drops.get(entry["network"], 0) + int(entry.get("drops", 0))
+        listing = master.bans.listing(master.reactor.seconds())
+        for entry in listing:
+            entry["drops"] = drops.get(entry["network"], 0)
+        return {"bans": listing, "count": len(listing)}
+
+    return _ask_all(master, "ws.bans", bound).addCallback(merge)
+
+
+def _limits_stats(master: Any) -> dict[str, Any]:
+    master.bans.expire(master.reactor.seconds())
+    return {"bans": len(master.bans)}
+
+
 def workers_list(master: Any) -> list[dict[str, Any]]:
     now = master.reactor.seconds()
     listing = []
@@ -140,6 +192,7 @@ def _stats(master: Any, bound: dict[str, Any]) -> Any:
     def merge(answers: list[Any]) -> dict[str, Any]:
         total = add_up([a for _, a in answers])
         total["accepting"] = bool(master.accepting)
+        total["limits"] = _limits_stats(master)  # every worker holds the same bans: not a sum
         per_worker = {h.index: a.get("connections", {}).get("current", 0) for h, a in answers}
         total["workers"] = [dict(w, connections=per_worker.get(w["index"])) for w in workers_list(master)]
         registrar = methods.registrar_counts(master)  # the standalone core runs in the master
@@ -180,6 +233,9 @@ _HANDLERS = {
     "ws.connect": _connect,
     "trace": _trace,
     "stats": _stats,
+    "ws.ban": _ban,
+    "ws.unban": _unban,
+    "ws.bans": _bans,
     "version": lambda master, bound: methods.version(master),
     "tls.reload": _tls_reload,
     "registrar.dump": _registrar_dump,
@@ -195,6 +251,7 @@ def render_metrics(master: Any) -> defer.Deferred:
     def page(answers: list[dict[str, Any]]) -> bytes:
         total = add_up(answers) or {}
         total["accepting"] = bool(master.accepting)
+        total["limits"] = _limits_stats(master)
         registrar = methods.registrar_counts(master)
         if registrar is not None:
             total["registrar"] = registrar

@@ -26,6 +26,7 @@ relay.  The master
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import socket
@@ -37,6 +38,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from sipws.config import Config, HostPort
+from sipws.edge import sketch
+from sipws.edge.limits import BanList
 from sipws.errors import StartupError
 from sipws.tap import EXIT_CONFIG, SipwsService
 from sipws.transport.ws_server import LISTEN_BACKLOG
@@ -139,6 +142,12 @@ class Supervisor(Service):
         self._devnull: Optional[int] = None
         self._all_ready: defer.Deferred = defer.Deferred()
         self._start_timer: Any = None
+        #: [limits] per-address counts shared by the workers (sipws.edge.sketch): a memfd the
+        #: master creates and maps, handed to each worker as one more child fd.
+        self.limits_fd: Optional[int] = None
+        self.limits_map: Optional[mmap.mmap] = None
+        self.limits_key = os.urandom(sketch.KEY_BYTES)
+        self.limits_counters: Optional[sketch.SharedCounters] = None
 
     # -- start ---------------------------------------------------------------------------
 
@@ -158,7 +167,17 @@ class Supervisor(Service):
                 log.info("listening {kind} on {host}:{port} (SO_REUSEPORT, one socket per worker, "
                          "{count} workers)", kind=kind, host=host, port=port, count=self.count)
         self._devnull = os.open(os.devnull, os.O_RDONLY)
+        self._share_limits()
         super().privilegedStartService()
+
+    def _share_limits(self) -> None:
+        """The block of per-address counters every worker maps (one row each)."""
+        size = sketch.block_size(self.count)
+        fd = os.memfd_create("sipws-limits", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        self.limits_fd = fd
+        self.limits_map = mmap.mmap(fd, size)
+        self.limits_counters = sketch.SharedCounters(self.limits_map, self.count, 0, self.limits_key)
 
     def startService(self) -> None:
         super().startService()
@@ -201,6 +220,7 @@ class Supervisor(Service):
             "standalone_upstream": standalone.upstream if standalone is not None and standalone.enabled else "",
             "accepting": root.accepting,
             "trace": root.trace_state,
+            "bans": root.ban_entries(),
         }
 
     def spawn(self, handle: WorkerHandle) -> None:
@@ -217,7 +237,11 @@ class Supervisor(Service):
                 family = "inet6" if sock.family == socket.AF_INET6 else "inet"
                 fds.setdefault(kind, []).append((next_fd, family))
                 next_fd += 1
-        spec = json.dumps(self.spec(handle, fds))
+        spec_data = self.spec(handle, fds)
+        if self.limits_fd is not None:
+            child_fds[next_fd] = self.limits_fd
+            spec_data["limits"] = {"fd": next_fd, "rows": self.count, "key": self.limits_key.hex()}
+        spec = json.dumps(spec_data)
         process = WorkerProcess(self, handle)
         handle.protocol = process
         handle.info = None
@@ -268,6 +292,8 @@ class Supervisor(Service):
         if handle.control is not None and handle.control.transport is not None:
             handle.control.transport.loseConnection()
         self.leases.forget(handle.index)
+        if self.limits_counters is not None:
+            self.limits_counters.clear_row(handle.index)  # its connections are gone with it
         if ended is not None:
             ended.callback(None)
         if self.stopping:
@@ -323,6 +349,15 @@ class Supervisor(Service):
                 for sock in group:
                     sock.close()
         self.sockets.clear()
+        if self.limits_counters is not None:
+            self.limits_counters.release()
+            self.limits_counters = None
+        if self.limits_map is not None:
+            self.limits_map.close()
+            self.limits_map = None
+        if self.limits_fd is not None:
+            os.close(self.limits_fd)
+            self.limits_fd = None
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
@@ -366,6 +401,8 @@ class Master(SipwsService):
         self.trace_state: Optional[bool] = None
         self.exit_status = 0
         self.supervisor: Supervisor
+        #: Bans set with ws.ban: every worker holds a copy, a restarted one gets them (ban_entries).
+        self.bans = BanList()
 
     def control_handlers(self, handle: WorkerHandle) -> dict[str, Any]:
         """What a worker may ask of the master."""
@@ -381,8 +418,18 @@ class Master(SipwsService):
         if home is not None:
             home.flow_closed(token)
 
+    def ban_entries(self) -> list[list[Any]]:
+        """The bans in force as [network, until, reason] (what a starting worker is given)."""
+        self.bans.expire(self.reactor.seconds())
+        return [[str(ban.network), ban.until, ban.reason] for ban in self.bans]
+
     def worker_ready(self, handle: WorkerHandle) -> None:
         """Tell the standalone core how to reach this worker's edge (its Path may be advertised)."""
+        if handle.control is not None and len(self.bans):
+            # bans set while it was starting (after its spec was written)
+            handle.control.call("set_bans", entries=self.ban_entries()).addErrback(
+                lambda f: log.error("{worker}: bans not handed over: {why}", worker=handle.describe(),
+                                    why=f.getErrorMessage()))
         standalone = getattr(self, "standalone", None)
         info = handle.info or {}
         if standalone is not None and info.get("edge_tcp") and info.get("advertised_tcp"):

@@ -17,6 +17,7 @@ with 1001 and exit 0.  If the master goes away the worker stops too.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import socket
@@ -94,6 +95,10 @@ class Worker:
                 root.tracer.set_enabled(bool(spec["trace"]))
             except TraceNotConfigured:
                 pass  # the master only remembers a state a worker accepted
+        limits = spec.get("limits")
+        if limits is not None:
+            self._map_limits(root, limits)
+        self._set_bans(spec.get("bans") or [], root)
         self.root = root
         self.ids = LeasedIds(int(spec["first_id"]), self._renew_ids, int(spec["id_block_size"]))
         root.connections.use_ids(self.ids)
@@ -101,8 +106,36 @@ class Worker:
             root.connections.on_removed(self._flow_closed)
         self._connect_control(int(spec["control_fd"]))
 
+    def _map_limits(self, root: Any, limits: dict[str, Any]) -> None:
+        """Count per-address connections and handshakes in the master's shared block, row = index."""
+        from sipws.edge import sketch
+
+        fd, rows = int(limits["fd"]), int(limits["rows"])
+        mapping = mmap.mmap(fd, sketch.block_size(rows))
+        os.close(fd)
+        root.limits.attach_shared(mapping, rows, self.index, bytes.fromhex(limits["key"]))
+
+    def _set_bans(self, entries: list[Any], root: Any = None) -> None:
+        """Hold exactly the master's bans (drop counts of bans kept are kept)."""
+        from sipws.edge.limits import parse_ban_network
+
+        root = root or self.root
+        now = self.reactor.seconds()
+        wanted = {}
+        for network, until, reason in entries:
+            net = parse_ban_network(network)
+            wanted[net] = (float(until or 0.0), str(reason))
+        bans = root.limits.bans
+        for ban in list(bans):
+            if ban.network not in wanted:
+                bans.remove(ban.network)
+        for net, (until, reason) in wanted.items():
+            if not until or until > now:
+                bans.add(net, until, reason, now)
+
     def _connect_control(self, fd: int) -> None:
-        handlers = {"admin": self._admin, "flows": self._flows}
+        handlers = {"admin": self._admin, "flows": self._flows,
+                    "set_bans": lambda entries: self._set_bans(entries)}
         self.control = ControlProtocol(handlers, self.reactor, on_lost=self._master_gone)
         factory = HandOver(self.control)
         self.reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
