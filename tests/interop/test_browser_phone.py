@@ -205,7 +205,7 @@ def test_two_pages_register_and_exchange_messages(standalone, browser, scheme):
     alice, bob = open_pair(browser, base)
     exchange_messages(alice, bob, f"hello bob over {scheme}")
     # sipws: both connections opened with the page's origin over the scheme asked for.
-    opened = wait_log(standalone.log_path, rf" opened #\d+ {scheme} .* origin={re.escape(base)}$")
+    opened = wait_log(standalone.log_path, rf" opened #\d+ {scheme} .* origin={re.escape(base)} identity=-$")
     assert len(opened) == 2, standalone.log()
     users = registered_connections(standalone)
     assert set(users) == {"alice", "bob"}, users
