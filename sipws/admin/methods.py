@@ -33,6 +33,7 @@ __all__ = ["METHODS", "call", "AdminError", "InvalidParams", "NoSuchConnection",
            "NO_SUCH_CONNECTION", "NOT_OPEN", "NOT_AVAILABLE", "CONNECT_FAILED", "RELOAD_FAILED"]
 from sipws.trace.errors import TraceNotConfigured
 from sipws.transport.connections import ConnectionRecord
+from sipws.transport.edge_limits import COUNTERS as LIMIT_COUNTERS
 
 log = Logger(namespace="sipws.admin")
 
@@ -66,14 +67,9 @@ KNOWN_COUNTERS = (
     "ws.forwarded_ignored",
     "trace.packets_sent",
     "trace.packets_dropped",
-    # [limits] and bans (sipws.transport.edge_limits, docs/limits.md)
-    "limits.banned_dropped",
-    "limits.banned_refused",
-    "limits.connections_refused",
-    "limits.handshakes_refused",
-    "limits.messages_closed",
-    "limits.ban_closed",
 )
+# [limits] and bans (docs/limits.md)
+KNOWN_COUNTERS += LIMIT_COUNTERS
 
 
 # -- helpers ------------------------------------------------------------------------

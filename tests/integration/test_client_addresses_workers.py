@@ -4,80 +4,24 @@ shows every client's own address."""
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
-import subprocess
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sipws.edge.proxy_header import build_v1, build_v2
-from tests.integration.test_launch import TWISTD
-from tests.integration.test_workers import START_TIMEOUT, WAIT, free_port, free_port_pair, wait
+from tests.integration.test_workers import WAIT, Instance, wait
 from tests.integration.wsclient import RawWs
-from tests.processes import stop_process
 
 LISTED = "127.0.0.2"
 #: Connections opened so that the kernel's hash gives each worker some.
 CONNECTIONS = 16
 
 
-class ProxiedInstance:
-    """twistd -n sipws with two workers and 127.0.0.2 as the PROXY sender on ws."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.ws_port = free_port()
-        self.admin_port = free_port()
-        sip_port = free_port_pair()
-        self.log_path = tmp_path / "sipws.log"
-        config = tmp_path / "sipws.toml"
-        config.write_text(
-            "[server]\nworkers = 2\n"
-            f'[ws]\nlisten = ["127.0.0.1:{self.ws_port}"]\nproxy_protocol_from = ["{LISTED}/32"]\n'
-            "[http]\nrequire_origin = false\n"
-            f'[sip]\nlisten = ["udp:127.0.0.1:{sip_port}"]\nupstream = "sip:127.0.0.1:9;transport=udp"\n'
-            f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
-        )
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "sipws", "--config", str(config)],
-            cwd=tmp_path, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.clients: list[RawWs] = []
-        try:
-            wait(lambda: "all 2 workers ready" in self.log_text() or self.process.poll() is not None,
-                 START_TIMEOUT, "workers ready")
-            assert self.process.poll() is None, self.log_text()
-        except BaseException:
-            self.stop()
-            raise
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def result(self, method: str, **params: Any) -> Any:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/rpc", body,
-                                         {"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=WAIT) as answer:
-            reply = json.loads(answer.read())
-        assert "result" in reply, reply
-        return reply["result"]
-
-    def stop(self) -> None:
-        for client in self.clients:
-            client.shutdown()
-        stop_process(self.process)
-        self.log.close()
-
-
 @pytest.fixture
 def instance(tmp_path):
-    started = ProxiedInstance(tmp_path)
+    # twistd -n sipws with two workers and 127.0.0.2 as the PROXY sender on ws
+    started = Instance(tmp_path, "sip:127.0.0.1:9;transport=udp",
+                       ws_extra=f'proxy_protocol_from = ["{LISTED}/32"]\n')
     yield started
     started.stop()
 

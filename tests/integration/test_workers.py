@@ -73,7 +73,7 @@ class Instance:
     """One sipws instance with workers, started from a config file, stopped by pid."""
 
     def __init__(self, tmp_path: Path, upstream: str, workers: int = 2, extra: str = "",
-                 ws_port: int = 0) -> None:
+                 ws_port: int = 0, ws_extra: str = "") -> None:
         self.ws_port = ws_port or free_port()
         self.admin_port = free_port()
         self.sip_port = free_port_pair()
@@ -81,7 +81,7 @@ class Instance:
         config = tmp_path / "sipws.toml"
         config.write_text(
             f'[server]\nworkers = {workers}\n'
-            f'[ws]\nlisten = ["127.0.0.1:{self.ws_port}"]\n'
+            f'[ws]\nlisten = ["127.0.0.1:{self.ws_port}"]\n{ws_extra}'
             f'[http]\nrequire_origin = false\n'
             f'[sip]\nlisten = ["udp:127.0.0.1:{self.sip_port}", "tcp:127.0.0.1:{self.sip_port}"]\n'
             f'upstream = "{upstream}"\n'
