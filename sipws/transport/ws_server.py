@@ -56,6 +56,11 @@ LONE_PONG_FIRST = bytes((PONG_HEAD,))
 SHUTDOWN_GRACE = 3.0
 #: Listen backlog: a burst of browsers reconnecting after a restart is normal.
 LISTEN_BACKLOG = 1024
+#: Bytes an MSRP connection's WebSocket message may hold beyond [msrp] max_chunk_size: the
+#: start line, the headers and the end line of one chunk.  A body between max_chunk_size and
+#: max_chunk_size + this allowance reaches the relay and gets 413; a bigger message is a
+#: WebSocket message over the limit (Close 1009).
+MSRP_HEAD_ALLOWANCE = 16 * 1024
 #: Bytes a client may send while the [auth] hook decides its handshake (head included).
 AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 
@@ -316,7 +321,9 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         extension = deflate.negotiate_server(self)  # permessage-deflate, when on
         if extension:
             headers["Sec-WebSocket-Extensions"] = extension
-        return handshake.SUBPROTOCOL, headers
+        chosen = handshake.choose_subprotocol(handshake.offered_subprotocols(self._request),
+                                              self.factory.policy.subprotocols)
+        return chosen or handshake.SUBPROTOCOL, headers
 
     def onOpen(self) -> None:
         record = self.record
@@ -324,6 +331,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record.state = OPEN
         self.factory.open_connections += 1
         record.subprotocol = self.websocket_protocol_in_use or ""
+        if record.subprotocol == handshake.MSRP_SUBPROTOCOL:
+            self._open_msrp(root)
         root.stats.incr("ws.handshakes_ok")
         response = self.http_response_data
         if isinstance(response, str):
@@ -357,6 +366,16 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             identity=record.identity or "-",
             conn_id=record.id,
         )
+
+    def _open_msrp(self, root: Any) -> None:
+        """An MSRP connection (RFC 7977): its message limit follows [msrp] max_chunk_size plus
+        MSRP_HEAD_ALLOWANCE instead of [ws] max_message_size (instance attributes shadow the
+        factory's class-level options), and the MSRP relay learns it exists."""
+        self.is_msrp = True
+        limit = root.config.msrp.max_chunk_size + MSRP_HEAD_ALLOWANCE
+        self.maxMessagePayloadSize = limit
+        self.maxFramePayloadSize = limit
+        root.stats.incr("msrp.ws_connections")
 
     def _tls_details(self) -> dict[str, Any] | None:
         if not self.factory.is_secure:
@@ -392,6 +411,7 @@ class SipServerFactory(WebSocketServerFactory):
             require_origin=config.http.require_origin,
             allowed_origins=config.http.allowed_origins,
             cors_mode=config.http.cors_mode,
+            subprotocols=section.subprotocols,
         )
         timeout = section.handshake_timeout
         if self.is_secure:
