@@ -459,6 +459,8 @@ class SipWebSocketMixin:
 
     def resumeProducing(self) -> None:
         self.paused_since = None
+        if self.is_msrp:
+            self.factory.root.msrp.ws_drained(self.record)
 
     def stopProducing(self) -> None:
         self.paused_since = None

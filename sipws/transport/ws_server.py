@@ -56,11 +56,6 @@ LONE_PONG_FIRST = bytes((PONG_HEAD,))
 SHUTDOWN_GRACE = 3.0
 #: Listen backlog: a burst of browsers reconnecting after a restart is normal.
 LISTEN_BACKLOG = 1024
-#: Bytes an MSRP connection's WebSocket message may hold beyond [msrp] max_chunk_size: the
-#: start line, the headers and the end line of one chunk.  A body between max_chunk_size and
-#: max_chunk_size + this allowance reaches the relay and gets 413; a bigger message is a
-#: WebSocket message over the limit (Close 1009).
-MSRP_HEAD_ALLOWANCE = 16 * 1024
 #: Bytes a client may send while the [auth] hook decides its handshake (head included).
 AUTH_WAIT_MAX_BYTES = 2 * handshake.MAX_HEAD_SIZE
 
@@ -368,14 +363,17 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         )
 
     def _open_msrp(self, root: Any) -> None:
-        """An MSRP connection (RFC 7977): its message limit follows [msrp] max_chunk_size plus
-        MSRP_HEAD_ALLOWANCE instead of [ws] max_message_size (instance attributes shadow the
-        factory's class-level options), and the MSRP relay learns it exists."""
+        """An MSRP connection (RFC 7977): its message limit is one chunk of [msrp] max_chunk_size
+        plus the core's header allowance (``Limits.for_chunk_size``) instead of [ws]
+        max_message_size (instance attributes shadow the factory's class-level options); a body
+        over max_chunk_size within that allowance reaches the relay and gets 413, a bigger
+        message is closed with 1009.  The MSRP relay learns the connection exists."""
         self.is_msrp = True
-        limit = root.config.msrp.max_chunk_size + MSRP_HEAD_ALLOWANCE
+        limit = root.msrp.limits.max_message_size
         self.maxMessagePayloadSize = limit
         self.maxFramePayloadSize = limit
         root.stats.incr("msrp.ws_connections")
+        root.msrp.ws_opened(self.record)
 
     def _tls_details(self) -> dict[str, Any] | None:
         if not self.factory.is_secure:
