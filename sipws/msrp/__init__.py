@@ -41,7 +41,9 @@ Messages (``sipws.msrp.message``)
     ``message_id``, ``byte_range`` (``(start, end|None, total|None)``, end
     and total None for ``*``) , ``success_report``/``failure_report``
     (lower-case, RFC defaults "no"/"yes" when absent), ``content_type``,
-    ``expires`` (int or None), ``body`` (bytes), ``flag`` (``"$"``, ``"+"``
+    ``expires`` (int or None), ``use_path`` (tuple or None),
+    ``status_header`` (a REPORT's Status: ``(namespace, code, text)`` or
+    None), ``body`` (bytes), ``flag`` (``"$"``, ``"+"``
     or ``"#"``), ``is_request``.  ``MsrpRequest.method``;
     ``MsrpResponse.status`` (int) and ``.comment`` (str, may be "").
     ``bytes(msg)`` serializes; an unedited message gives back its input
@@ -60,7 +62,9 @@ The relay (``sipws.msrp.relay``)
     ``RelaySettings(host, port=2855, tls=True, require_auth=False,
     max_chunk_size=MAX_CHUNK_SIZE, default_expires=1800, min_expires=60,
     max_expires=3600, transaction_timeout=30.0, max_backlog=1 MiB,
-    max_sessions=10000)`` frozen; ``host:port`` is the MSRP address sipws
+    max_sessions=10000)`` frozen; ``settings.limits`` is the parser
+    ``Limits`` the relay applies (give the same to ``MessageSplitter`` and
+    use its ``max_message_size`` as the WebSocket message limit); ``host:port`` is the MSRP address sipws
     advertises in the ``Use-Path`` it gives (``msrps://HOST:PORT/SESSION;tcp``,
     or ``msrp://`` when ``tls`` is false), i.e. where TCP/TLS peers reach it.
 
