@@ -185,10 +185,14 @@ def test_timeout_gives_408_report(relay, clock):
 def test_other_methods_get_the_next_hops_response(relay, clock):
     relay.received(1, request("NICKNAME", "n0000001", f"{SA} {BOB}", ALICE_WS,
                               ["Use-Nickname: \"al\""]))
-    out = relay.received(3, response("n0000001", 425, "Nickname in use", to=SA, frm=BOB))
+    out = relay.received(3, response("n0000001", 425, "Nickname in use", to=f"{SA} {ALICE_WS}",
+                                     frm=BOB, headers=["X-Kept: 1"]))
     m = parse(only(out).data)
     assert (m.tid, m.status, m.comment) == ("n0000001", 425, "Nickname in use")
-    assert m.to_path == (parse_uri(ALICE_WS),) and m.from_path == (parse_uri(SA),)
+    # Back along the reverse path: the relay leaves To-Path and joins From-Path.
+    assert m.to_path == (parse_uri(ALICE_WS),)
+    assert m.from_path == (parse_uri(SA), parse_uri(BOB))
+    assert m.header("X-Kept") == "1"
     relay.received(1, request("NICKNAME", "n0000002", f"{SA} {BOB}", ALICE_WS))
     clock.advance(31)
     m = parse(only(relay.tick()).data)
