@@ -310,3 +310,29 @@ def test_one_megabyte_in_chunks(relay):
     assert relay.counters["msrp.pending"] == 0
     assert {d["session"]: d["bytes_relayed"] for d in relay.dump()} == {
         "sessA": 1 << 20, "sessB": 1 << 20}
+
+
+def test_pending_table_bounded(relay, monkeypatch):
+    import sipws.msrp.relay as relay_module
+    monkeypatch.setattr(relay_module, "MAX_PENDING", 5)
+    for i in range(12):
+        relay.received(1, send(tid=f"t{i:07d}", to=f"{SA} {BOB}", frm=ALICE_WS))
+    assert relay.counters["msrp.pending"] == 5
+    assert relay.counters["msrp.pending_evicted"] == 7
+    # The newest are kept: a late error for the oldest is unmatched.
+    relay.received(3, response("t0000000", 481, "", to=SA, frm=BOB))
+    assert relay.counters["msrp.responses_unmatched"] == 1
+    assert only(relay.received(3, response("t0000011", 481, "", to=SA, frm=BOB))).conn_id == 1
+
+
+def test_backlog_table_bounded(relay, monkeypatch):
+    import sipws.msrp.relay as relay_module
+    monkeypatch.setattr(relay_module, "MAX_BACKLOG_ENTRIES", 3)
+    for i in range(10):
+        relay.buffered(PeerKey(f"h{i}", 1, False), 100)
+    assert len(relay._backlog) == 3
+
+
+def test_malformed_log_names_connection(relay):
+    out = relay.received(2, b"MSRP abcd SEND\r\nTo-Path: x\r\n-------abcd$\r\n")
+    assert any(isinstance(a, Log) and "connection 2" in a.text for a in out)
