@@ -129,6 +129,8 @@ class _Pending:
     our_uri: MsrpUri          # the relay URI the previous hop addressed
     message_id: Optional[str] = None
     byte_range: Optional[str] = None
+    # Failure-Report: partial: the next hop answers only errors, so silence is no failure.
+    silent_ok: bool = False
 
 
 class MsrpRelay:
@@ -203,6 +205,8 @@ class MsrpRelay:
         for tid, p in list(self._pending.items()):
             if p.deadline <= now:
                 del self._pending[tid]
+                if p.silent_ok:
+                    continue
                 self.counters["msrp.timeouts"] += 1
                 out += self._fail_pending(p, 408, "no response from the next hop")
         for sid, s in list(self._sessions.items()):
@@ -324,7 +328,8 @@ class MsrpRelay:
                 out.append(SendToConnection(conn_id, make_response(req, 200)))
             if fr != "no" and req.message_id is not None:
                 self._await(_Pending(req.tid, dest, conn_id, self._deadline(), True, req.from_path,
-                                              first, req.message_id, req.header("Byte-Range")))
+                                     first, req.message_id, req.header("Byte-Range"),
+                                     silent_ok=fr == "partial"))
             return out
         self.counters["msrp.requests_relayed"] += 1
         self._await(_Pending(req.tid, dest, conn_id, self._deadline(), False, req.from_path, first))

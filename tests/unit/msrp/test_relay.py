@@ -182,6 +182,15 @@ def test_timeout_gives_408_report(relay, clock):
     assert relay.counters["msrp.timeouts"] == 1 and relay.counters["msrp.pending"] == 0
 
 
+def test_partial_timeout_is_no_failure_but_errors_are(relay, clock):
+    relay.received(1, send(to=f"{SA} {BOB}", frm=ALICE_WS, fr="partial"))
+    clock.advance(31)
+    assert relay.tick() == [] and relay.counters["msrp.pending"] == 0
+    relay.received(1, send(tid="t0000002", to=f"{SA} {BOB}", frm=ALICE_WS, fr="partial"))
+    m = parse(only(relay.received(3, response("t0000002", 413, "", to=SA, frm=BOB))).data)
+    assert m.method == "REPORT" and m.status_header[1] == 413
+
+
 def test_other_methods_get_the_next_hops_response(relay, clock):
     relay.received(1, request("NICKNAME", "n0000001", f"{SA} {BOB}", ALICE_WS,
                               ["Use-Nickname: \"al\""]))
