@@ -337,12 +337,15 @@ def build(start: str, tid: str, headers: Iterable[tuple[str, str]], body: Option
 
 def make_response(request: MsrpRequest, status: int, comment: Optional[str] = None,
                   extra: Iterable[tuple[str, str]] = ()) -> bytes:
-    """The hop's response to ``request`` (RFC 4975 §7.2): To-Path is the first
-    From-Path URI, From-Path the first To-Path URI, same transaction id."""
+    """The hop's response to ``request`` (RFC 4975 §7.2), same transaction id:
+    From-Path is the first To-Path URI (the responder); To-Path is the first
+    From-Path URI for SEND (responses to SEND go one hop), the whole From-Path
+    for other methods (their responses travel back through relays, RFC 4976)."""
     if comment is None:
         comment = COMMENTS.get(status, "")
     start = f"MSRP {request.tid} {status}" + (f" {comment}" if comment else "")
-    headers = [("To-Path", str(request.from_path[0])), ("From-Path", str(request.to_path[0]))]
+    back = request.from_path[:1] if request.method == "SEND" else request.from_path
+    headers = [("To-Path", format_path(back)), ("From-Path", str(request.to_path[0]))]
     headers += list(extra)
     return build(start, request.tid, headers)
 

@@ -129,6 +129,8 @@ class _Pending:
     our_uri: MsrpUri          # the relay URI the previous hop addressed
     message_id: Optional[str] = None
     byte_range: Optional[str] = None
+    # Failure-Report: partial: the next hop answers only errors, so silence is no failure.
+    silent_ok: bool = False
 
 
 class MsrpRelay:
@@ -203,6 +205,8 @@ class MsrpRelay:
         for tid, p in list(self._pending.items()):
             if p.deadline <= now:
                 del self._pending[tid]
+                if p.silent_ok:
+                    continue
                 self.counters["msrp.timeouts"] += 1
                 out += self._fail_pending(p, 408, "no response from the next hop")
         for sid, s in list(self._sessions.items()):
@@ -324,7 +328,8 @@ class MsrpRelay:
                 out.append(SendToConnection(conn_id, make_response(req, 200)))
             if fr != "no" and req.message_id is not None:
                 self._await(_Pending(req.tid, dest, conn_id, self._deadline(), True, req.from_path,
-                                              first, req.message_id, req.header("Byte-Range")))
+                                     first, req.message_id, req.header("Byte-Range"),
+                                     silent_ok=fr == "partial"))
             return out
         self.counters["msrp.requests_relayed"] += 1
         self._await(_Pending(req.tid, dest, conn_id, self._deadline(), False, req.from_path, first))
@@ -343,9 +348,13 @@ class MsrpRelay:
             if resp.status == 200:
                 return []
             return self._fail_pending(p, resp.status, resp.comment)
+        # Responses to non-SEND requests travel back along the reverse path:
+        # this relay drops out of To-Path and joins From-Path, like requests.
         self.counters["msrp.responses_relayed"] += 1
-        return [SendToConnection(p.prev_conn, self._response(
-            resp.tid, p.back_path[0], p.our_uri, resp.status, resp.comment))]
+        if p.prev_conn not in self._conns:
+            return []
+        back = resp.with_paths(p.back_path, (p.our_uri,) + resp.from_path)
+        return [SendToConnection(p.prev_conn, bytes(back))]
 
     # -- helpers -------------------------------------------------------------
     def _fail_pending(self, p: _Pending, status: int, comment: str) -> list[Action]:
@@ -356,7 +365,7 @@ class MsrpRelay:
             self.counters["msrp.errors_4xx"] += 1
         if not p.report:
             return [SendToConnection(p.prev_conn, self._response(
-                p.tid, p.back_path[0], p.our_uri, status, comment))]
+                p.tid, p.back_path, p.our_uri, status, comment))]
         # RFC 4976 §6.4.1: the failure goes back as a REPORT to the sender.
         tid = self._new_tid()
         comment = comment or COMMENTS.get(status, "")
@@ -368,10 +377,10 @@ class MsrpRelay:
         self.counters["msrp.reports_generated"] += 1
         return [SendToConnection(p.prev_conn, build(f"MSRP {tid} REPORT", tid, headers))]
 
-    def _response(self, tid: str, to: MsrpUri, frm: MsrpUri, status: int, comment: str) -> bytes:
+    def _response(self, tid: str, to: tuple, frm: MsrpUri, status: int, comment: str) -> bytes:
         comment = _clean(comment) if comment else COMMENTS.get(status, "")
         start = f"MSRP {tid} {status}" + (f" {comment}" if comment else "")
-        return build(start, tid, [("To-Path", str(to)), ("From-Path", str(frm))])
+        return build(start, tid, [("To-Path", format_path(to)), ("From-Path", str(frm))])
 
     def _refuse(self, conn_id: int, req: MsrpRequest, status: int, why: Optional[str],
                 extra=()) -> list[Action]:

@@ -88,6 +88,9 @@ def test_make_response():
     out = make_response(req, 200)
     assert out == (b"MSRP a786hjs2 200 OK\r\nTo-Path: " + ALICE.encode() +
                    b"\r\nFrom-Path: msrps://relay.example.net:2855/s1;tcp\r\n-------a786hjs2$\r\n")
+    # Responses to other methods go back along the whole From-Path.
+    other = parse(request("NICKNAME", frm=f"msrps://r.example:2855/x;tcp {ALICE}"))
+    assert parse(make_response(other, 200)).to_path == other.from_path
     r = parse(make_response(req, 423, None, [("Min-Expires", "60")]))
     assert r.status == 423 and r.header("Min-Expires") == "60"
 

@@ -132,3 +132,20 @@ def test_relay_never_raises(feed, events):
             relay.buffered(3, 10)
     relay.dump()
     assert all(v >= 0 for v in relay.counters.values())
+
+
+def test_bounded_work_on_adversarial_bodies():
+    """Bodies full of false end-lines, 1 MiB of them, frame and parse in linear time."""
+    import time
+
+    from sipws.msrp import Limits
+    body = b"\r\n-------a786hjs2 " * (1 << 16)
+    data = send(body=body, rng=f"1-{len(body)}/{len(body)}")
+    limits = Limits(max_message_size=len(data) + 1)
+    t0 = time.monotonic()
+    s = MessageSplitter(limits)
+    out = []
+    for i in range(0, len(data), 1000):
+        out += s.feed(data[i:i + 1000])
+    assert out == [data] and parse(data, limits).body == body
+    assert time.monotonic() - t0 < 2.0

@@ -182,13 +182,26 @@ def test_timeout_gives_408_report(relay, clock):
     assert relay.counters["msrp.timeouts"] == 1 and relay.counters["msrp.pending"] == 0
 
 
+def test_partial_timeout_is_no_failure_but_errors_are(relay, clock):
+    relay.received(1, send(to=f"{SA} {BOB}", frm=ALICE_WS, fr="partial"))
+    clock.advance(31)
+    assert relay.tick() == [] and relay.counters["msrp.pending"] == 0
+    relay.received(1, send(tid="t0000002", to=f"{SA} {BOB}", frm=ALICE_WS, fr="partial"))
+    m = parse(only(relay.received(3, response("t0000002", 413, "", to=SA, frm=BOB))).data)
+    assert m.method == "REPORT" and m.status_header[1] == 413
+
+
 def test_other_methods_get_the_next_hops_response(relay, clock):
     relay.received(1, request("NICKNAME", "n0000001", f"{SA} {BOB}", ALICE_WS,
                               ["Use-Nickname: \"al\""]))
-    out = relay.received(3, response("n0000001", 425, "Nickname in use", to=SA, frm=BOB))
+    out = relay.received(3, response("n0000001", 425, "Nickname in use", to=f"{SA} {ALICE_WS}",
+                                     frm=BOB, headers=["X-Kept: 1"]))
     m = parse(only(out).data)
     assert (m.tid, m.status, m.comment) == ("n0000001", 425, "Nickname in use")
-    assert m.to_path == (parse_uri(ALICE_WS),) and m.from_path == (parse_uri(SA),)
+    # Back along the reverse path: the relay leaves To-Path and joins From-Path.
+    assert m.to_path == (parse_uri(ALICE_WS),)
+    assert m.from_path == (parse_uri(SA), parse_uri(BOB))
+    assert m.header("X-Kept") == "1"
     relay.received(1, request("NICKNAME", "n0000002", f"{SA} {BOB}", ALICE_WS))
     clock.advance(31)
     m = parse(only(relay.tick()).data)
@@ -306,3 +319,29 @@ def test_one_megabyte_in_chunks(relay):
     assert relay.counters["msrp.pending"] == 0
     assert {d["session"]: d["bytes_relayed"] for d in relay.dump()} == {
         "sessA": 1 << 20, "sessB": 1 << 20}
+
+
+def test_pending_table_bounded(relay, monkeypatch):
+    import sipws.msrp.relay as relay_module
+    monkeypatch.setattr(relay_module, "MAX_PENDING", 5)
+    for i in range(12):
+        relay.received(1, send(tid=f"t{i:07d}", to=f"{SA} {BOB}", frm=ALICE_WS))
+    assert relay.counters["msrp.pending"] == 5
+    assert relay.counters["msrp.pending_evicted"] == 7
+    # The newest are kept: a late error for the oldest is unmatched.
+    relay.received(3, response("t0000000", 481, "", to=SA, frm=BOB))
+    assert relay.counters["msrp.responses_unmatched"] == 1
+    assert only(relay.received(3, response("t0000011", 481, "", to=SA, frm=BOB))).conn_id == 1
+
+
+def test_backlog_table_bounded(relay, monkeypatch):
+    import sipws.msrp.relay as relay_module
+    monkeypatch.setattr(relay_module, "MAX_BACKLOG_ENTRIES", 3)
+    for i in range(10):
+        relay.buffered(PeerKey(f"h{i}", 1, False), 100)
+    assert len(relay._backlog) == 3
+
+
+def test_malformed_log_names_connection(relay):
+    out = relay.received(2, b"MSRP abcd SEND\r\nTo-Path: x\r\n-------abcd$\r\n")
+    assert any(isinstance(a, Log) and "connection 2" in a.text for a in out)
