@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
 from sipws.trace import hep
 from tests.integration.conftest import in_thread, port_of, wait_for
 from tests.integration.msrp_client import MsrpWs, relay_uri
-from tests.integration.test_trace import udp_collector  # noqa: F401 - fixture
+from tests.integration.test_trace import UdpCollector
+
+
+@pytest.fixture
+def collector():
+    udp = UdpCollector()
+    port = reactor.listenUDP(0, udp, interface="127.0.0.1", maxPacketSize=65535)
+    udp.port = port.getHost().port
+    yield udp
+    port.stopListening()
 
 
 def events(collector) -> list[dict]:
@@ -18,8 +29,8 @@ def events(collector) -> list[dict]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_msrp_chunks_and_the_subprotocol_are_traced(sipws_factory, udp_collector):  # noqa: F811
-    collector, hep_port = udp_collector, udp_collector.port
+def test_msrp_chunks_and_the_subprotocol_are_traced(sipws_factory, collector):
+    hep_port = collector.port
     root = sipws_factory({"ws": {"subprotocols": ["sip", "msrp"]}, "msrp": {"allow_insecure": True},
                           "trace": {"destination": f"udp:127.0.0.1:{hep_port}", "on": True}})
     client = MsrpWs(port_of(root), "alice")
