@@ -350,3 +350,41 @@ def test_a_closed_client_leaves_no_session_and_its_peer_gets_481(sipws_factory):
     finally:
         alice.shutdown()
         bob.shutdown()
+
+
+#: Chunks a sender may send toward a receiver that reads nothing before the relay must refuse.
+BACKLOG_TRIES = 600
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_receiver_that_stops_reading_gets_chunks_refused_with_413(sipws_factory):
+    """Back-pressure: bytes waiting toward a stalled WebSocket client are reported to the relay,
+    which refuses further SENDs toward it (413) instead of buffering without bound."""
+    root = sipws_factory({**INSECURE, "msrp": {"allow_insecure": True, "max_backlog": 65536}})
+    port = port_of(root)
+    alice, bob = MsrpWs(port, "alice"), MsrpWs(port, "bob")
+
+    def run():
+        for client in (alice, bob):
+            client.open()
+            assert client.auth(relay_uri(port, tls=False)).status == 200
+        chunk = b"z" * FILE_CHUNK
+        total = FILE_CHUNK * BACKLOG_TRIES
+        for index in range(BACKLOG_TRIES):  # bob reads nothing from here on
+            start = index * FILE_CHUNK
+            alice.send_msrp(build_request(
+                "SEND", tid(), [alice.use_path, bob.use_path, bob.uri], [alice.uri],
+                [("Message-ID", "flood"), ("Byte-Range", f"{start + 1}-{start + FILE_CHUNK}/{total}"),
+                 ("Content-Type", "application/octet-stream")], chunk, "+"))
+            _, answer = alice.read_msrp()
+            if answer.status != 200:
+                return index, answer
+        return BACKLOG_TRIES, None
+    try:
+        sent, answer = yield in_thread(run)
+        assert answer is not None, "no refusal after %d chunks" % sent
+        assert answer.status == 413
+        assert root.msrp.relay.counters["msrp.backlog_refused"] >= 1
+    finally:
+        alice.shutdown()
+        bob.shutdown()
