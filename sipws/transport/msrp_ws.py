@@ -154,6 +154,10 @@ class MsrpService(Service, PeerEvents):
         if config.msrp.advertise:
             advertised = parse_host_port("[msrp] advertise", config.msrp.advertise, port)
             return advertised.host, advertised.port, tls_default
+        if not config.msrp.listen:
+            log.info("[msrp] listen is empty: MSRP peers cannot connect to the Use-Path address "
+                     "({host}:{port} is a WebSocket listener); WebSocket clients reach each other, and "
+                     "peers only through connections sipws opens", host=host, port=port)
         if host in ("0.0.0.0", "::"):
             log.warn("[msrp] advertise is empty and the MSRP address is a wildcard ({host}): "
                      "the Use-Path URI will carry an address peers cannot reach", host=host)

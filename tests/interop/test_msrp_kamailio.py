@@ -134,3 +134,6 @@ def test_sipws_and_kamailio_relay_messages_between_websocket_and_tcp_clients(sip
     assert at_ws.path("From-Path")[:2] == [ws_path, tcp_path], at_ws.headers
     counters = root.msrp.relay.counters
     assert counters["msrp.sends_relayed"] == 2 and counters["msrp.reports_relayed"] == 1
+    # sipws dialled Kamailio; Kamailio dialled sipws's [msrp] listen (the Use-Path authority)
+    pool = root.msrp.pool.stats_snapshot()
+    assert pool["peer_connections"] == 2 and pool["peer_connections_accepted"] == 1, pool
