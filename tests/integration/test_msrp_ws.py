@@ -388,3 +388,30 @@ def test_a_receiver_that_stops_reading_gets_chunks_refused_with_413(sipws_factor
     finally:
         alice.shutdown()
         bob.shutdown()
+
+
+@pytest_twisted.inlineCallbacks
+def test_require_auth_takes_the_identity_from_the_handshake(sipws_factory):
+    """[msrp] require_auth: AUTH is 403 on a connection no [auth] credentials authenticated,
+    200 (the session bound to the identity) on one they did."""
+    from tests.integration.test_auth import SECRET, hmac_path
+
+    root = sipws_factory({**INSECURE, "msrp": {"allow_insecure": True, "require_auth": True},
+                          "auth": {"hmac_secrets": [SECRET]}})  # [auth] required = false: anonymous allowed in
+    port = port_of(root)
+    anonymous, alice = MsrpWs(port, "anon"), MsrpWs(port, "alice")
+
+    def run():
+        anonymous.upgrade(headers=good_headers(protocol="msrp"))
+        refused = anonymous.auth(relay_uri(port, tls=False))
+        alice.upgrade(headers=good_headers(protocol="msrp"), path=hmac_path("alice@example.com"))
+        accepted = alice.auth(relay_uri(port, tls=False))
+        return refused, accepted
+    try:
+        refused, accepted = yield in_thread(run)
+        assert refused.status == 403 and accepted.status == 200
+        [session] = root.msrp.relay.dump()
+        assert session["identity"] == "alice@example.com"
+    finally:
+        anonymous.shutdown()
+        alice.shutdown()
