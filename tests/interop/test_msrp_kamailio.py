@@ -1,8 +1,9 @@
 """sipws's WebSocket MSRP relay in front of Kamailio 5.6's msrp module (a second
-relay, RFC 4976) on TCP: a browser-like client on WebSocket and a TCP client of
-Kamailio exchange messages both ways, with success reports.
+relay, RFC 4976) on TCP, and on TLS (sipws verifies Kamailio's certificate
+against the test CA): a browser-like client on WebSocket and a TCP/TLS
+client of Kamailio exchange messages both ways, with success reports.
 
-    WS client ──ws──▶ sipws (relay 1) ──tcp──▶ Kamailio msrp (relay 2) ──tcp──▶ TCP client
+    WS client ──ws──▶ sipws (relay 1) ──tcp/tls──▶ Kamailio msrp (relay 2) ──tcp/tls──▶ client
 
 Each test starts its own Kamailio (tests/interop/kamailio_msrp/kamailio.cfg) and
 stops it by pid; every wait is bounded.
@@ -11,12 +12,14 @@ stops it by pid; every wait is bounded.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from tests.certs import CertificateAuthority
 from tests.integration.conftest import port_of
 from tests.integration.msrp_client import (
     MsrpWs, StreamReader, build_request, build_response, read_socket_messages, relay_uri, tid,
@@ -32,25 +35,39 @@ def blocking(fn: Callable, *args: Any, **kwargs: Any):
     return threads.deferToThread(fn, *args, **kwargs).addTimeout(PEER_WAIT, reactor)
 
 
-@pytest.fixture
-def kamailio_msrp(tmp_path):
+@pytest.fixture(params=["tcp", "tls"])
+def kamailio_msrp(request, tmp_path):
+    """Kamailio's msrp relay on TCP, or on TLS with a certificate of a test CA (``.ca``)."""
     port = free_port(socket.SOCK_STREAM)
-    core = KamailioCore(tmp_path, port, config=HERE / "kamailio_msrp" / "kamailio.cfg",
-                        defines=(f'USE_PATH_ADDR="127.0.0.1:{port}"',))  # host:port (the README's msrp:// example doubles the scheme)
+    # host:port (the README's msrp:// example doubles the scheme)
+    defines = [f'USE_PATH_ADDR="127.0.0.1:{port}"']
+    ca = CertificateAuthority(tmp_path / "pki")
+    if request.param == "tls":
+        issued = ca.issue("kamailio", ["127.0.0.1"])
+        tls_cfg = tmp_path / "tls.cfg"
+        tls_cfg.write_text((HERE / "kamailio_msrp" / "tls.cfg.in").read_text()
+                           .replace("@CERT@", str(issued.cert)).replace("@KEY@", str(issued.key)))
+        defines += ["WITH_TLS", f'TLS_CFG="{tls_cfg}"']
+    core = KamailioCore(tmp_path, port, config=HERE / "kamailio_msrp" / "kamailio.cfg", defines=tuple(defines))
+    core.tls = request.param == "tls"
+    core.ca = ca
     core.start()
     yield core
     core.stop()
 
 
 class TcpClient:
-    """An MSRP endpoint on TCP that uses Kamailio as its relay (AUTH, then its Use-Path)."""
+    """An MSRP endpoint on TCP (or TLS) that uses Kamailio as its relay (AUTH, then its Use-Path)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.reader = StreamReader()
         local = self.sock.getsockname()
-        self.uri = f"msrp://127.0.0.1:{local[1]}/tcpclient1;tcp"
-        self.relay = f"msrp://127.0.0.1:{port};tcp"
+        scheme = "msrps" if tls is not None else "msrp"
+        self.uri = f"{scheme}://127.0.0.1:{local[1]}/tcpclient1;tcp"
+        self.relay = f"{scheme}://127.0.0.1:{port};tcp"
         self.use_path = ""
 
     def read(self):
@@ -69,8 +86,8 @@ class TcpClient:
         self.sock.close()
 
 
-def exchange(ws: MsrpWs, sipws_relay: str, kamailio_port: int) -> dict:
-    tcp = TcpClient(kamailio_port)
+def exchange(ws: MsrpWs, sipws_relay: str, kamailio_port: int, tls: ssl.SSLContext | None) -> dict:
+    tcp = TcpClient(kamailio_port, tls)
     result: dict = {}
     try:
         tcp.auth()
@@ -108,11 +125,18 @@ def exchange(ws: MsrpWs, sipws_relay: str, kamailio_port: int) -> dict:
 
 @pytest_twisted.inlineCallbacks
 def test_sipws_and_kamailio_relay_messages_between_websocket_and_tcp_clients(sipws_factory, kamailio_msrp, sipws_log):
-    root = sipws_factory({"ws": {"subprotocols": ["msrp"]},
-                          "msrp": {"allow_insecure": True, "listen": ["tcp:127.0.0.1:0"]}})
+    overrides: dict = {"ws": {"subprotocols": ["msrp"]},
+                       "msrp": {"allow_insecure": True, "listen": [f"{'tls' if kamailio_msrp.tls else 'tcp'}:127.0.0.1:0"]}}
+    context = None
+    if kamailio_msrp.tls:  # sipws verifies Kamailio's certificate; its own [msrp] listen is TLS too
+        ours = kamailio_msrp.ca.issue("sipws", ["127.0.0.1"])
+        overrides["wss"] = {"ca_list": str(kamailio_msrp.ca.path), "certificate": str(ours.cert),
+                            "private_key": str(ours.key)}
+        context = ssl.create_default_context(cafile=str(kamailio_msrp.ca.path))
+    root = sipws_factory(overrides)
     ws = MsrpWs(port_of(root), "alice")
     try:
-        result = yield blocking(exchange, ws, relay_uri(port_of(root), tls=False), kamailio_msrp.port)
+        result = yield blocking(exchange, ws, relay_uri(port_of(root), tls=False), kamailio_msrp.port, context)
     except Exception:
         print(kamailio_msrp.log_text())
         print("\n".join(sipws_log))
@@ -120,7 +144,9 @@ def test_sipws_and_kamailio_relay_messages_between_websocket_and_tcp_clients(sip
     finally:
         ws.shutdown()
     ws_path, tcp_path = result["paths"]
-    assert tcp_path.startswith(f"msrp://127.0.0.1:{kamailio_msrp.port}/")
+    scheme = "msrps" if kamailio_msrp.tls else "msrp"
+    assert tcp_path.startswith(f"{scheme}://127.0.0.1:{kamailio_msrp.port}/"), tcp_path
+    assert ws_path.startswith(f"{scheme}://127.0.0.1:{port_of(root, 'msrp-' + ('tls' if kamailio_msrp.tls else 'tcp'))}/")
     at_tcp = result["at_tcp"]
     assert at_tcp.body == b"hello from ws"
     # each relay took itself off To-Path and put itself first in From-Path
