@@ -18,7 +18,8 @@ Twisted holds more than its buffer unsent (the transport pauses us), bytes
 written are counted and reported to the relay (``buffered``), which refuses
 SENDs toward a backed-up hop; past ``BACKLOG_ABORT_FACTOR`` × max_backlog the
 peer is considered stuck and the connection aborted.  Connections idle for
-``[msrp] peer_idle_timeout`` are closed.  Accepted connections are capped at
+``[msrp] peer_idle_timeout`` are closed, accepted TLS connections that do not finish
+their handshake within ``[wss] tls_handshake_timeout`` too.  Accepted connections are capped at
 ``MAX_ACCEPTED``.
 """
 
@@ -82,6 +83,7 @@ class MsrpStreamProtocol(Protocol):
         self.paused = False
         self.backlog = 0
         self.closing = False
+        self._deadline: Any = None
 
     @property
     def transport_name(self) -> str:
@@ -101,6 +103,16 @@ class MsrpStreamProtocol(Protocol):
         self.pool.connections[self.conn_id] = self
         if not self.tls:
             self._ready()
+        elif self.peer_key is None:  # accepted TLS: the handshake has a deadline (dialled: the dial's)
+            self._deadline = self.pool.clock.callLater(self.pool.tls_timeout, self._handshake_deadline)
+
+    def _handshake_deadline(self) -> None:
+        if not self.ready and not self.closing and self.transport is not None:
+            log.warn("{conn}: TLS handshake not finished in {timeout} s; closing",
+                     conn=self.describe(), timeout=self.pool.tls_timeout)
+            self.pool.stats.incr("msrp.peer_tls_timeouts")
+            self.closing = True
+            self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         self._ready()
@@ -171,6 +183,8 @@ class MsrpStreamProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         if reason is not None and reason.check(SSL.Error):
             tls = describe_tls_failure(reason.value)
             self.failure = f"TLS: {tls.text}"

@@ -203,3 +203,26 @@ def test_an_endpoint_with_an_untrusted_certificate_is_not_reached(sipws_factory,
     finally:
         client.shutdown()
         endpoint.close()
+
+
+def silent_tls_client(port: int) -> bool:
+    """Connect to a tls: [msrp] listen socket and never start TLS: True once sipws closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        try:
+            return sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_peer_that_never_finishes_tls_is_dropped_after_the_handshake_timeout(sipws_factory, pki, sipws_log):
+    ca, issued, _ = pki
+    root = sipws_factory({"ws": {"subprotocols": ["msrp"]},
+                          "wss": {"certificate": str(issued.cert), "private_key": str(issued.key),
+                                  "tls_handshake_timeout": 0.5},
+                          "msrp": {"allow_insecure": True, "listen": ["tls:127.0.0.1:0"]}})
+    closed = yield in_thread(silent_tls_client, port_of(root, "msrp-tls"))
+    assert closed
+    assert root.stats.get("msrp.peer_tls_timeouts") == 1
+    yield wait_for(lambda: root.msrp.pool.stats_snapshot()["peer_connections"] == 0)
+    assert any("TLS handshake not finished" in line and "127.0.0.1:" in line for line in sipws_log)
