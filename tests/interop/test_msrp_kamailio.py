@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from typing import Any, Callable
 
 import pytest
@@ -56,11 +57,24 @@ def kamailio_msrp(request, tmp_path):
     core.stop()
 
 
+def connect_when_listening(port: int) -> socket.socket:
+    """Kamailio answers its control socket before its TCP/TLS listener is always up: retry
+    a refused connection for a bounded time."""
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 class TcpClient:
     """An MSRP endpoint on TCP (or TLS) that uses Kamailio as its relay (AUTH, then its Use-Path)."""
 
     def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
+        self.sock = connect_when_listening(port)
         if tls is not None:
             self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.reader = StreamReader()
