@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from sipws import config_values as check
 from sipws.config_values import (
-    KEEPALIVE_MECHANISMS, LOG_LEVELS, MAX_EXPIRES, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TLS_VERSIONS,
-    ConfigError, HostPort, SipListen,
+    KEEPALIVE_MECHANISMS, LOG_LEVELS, MAX_EXPIRES, MAX_MESSAGE_SIZE, MAX_MSRP_CHUNK, MIN_MESSAGE_SIZE,
+    MIN_MSRP_CHUNK, TLS_VERSIONS, ConfigError, HostPort, SipListen,
 )
 # Part of this module's interface for callers that read configurations:
 from sipws.config_values import parse_host_port, resolve_callable
@@ -48,6 +48,8 @@ class WsConfig:
     compression_mem_level: int = 5
     #: CIDRs whose connections begin with a PROXY protocol v1/v2 header; () = off.
     proxy_protocol_from: tuple[str, ...] = ()
+    #: WebSocket subprotocols accepted, from "sip" (RFC 7118) and "msrp" (RFC 7977).
+    subprotocols: tuple[str, ...] = ("sip",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class WssConfig:
     compression_no_context_takeover: bool = True
     compression_mem_level: int = 5
     proxy_protocol_from: tuple[str, ...] = ()
+    subprotocols: tuple[str, ...] = ("sip",)
     certificate: str = ""
     private_key: str = ""
     ca_list: str = ""
@@ -229,6 +232,35 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class MsrpConfig:
+    """The MSRP relay for WebSocket clients (RFC 7977, RFC 4976), docs/msrp.md."""
+
+    #: AUTH is required before SEND/REPORT ([auth] at the handshake counts when it is required).
+    require_auth: bool = False
+    #: Largest body of one chunk, bytes: larger chunks get 413.  RFC 4975 asks senders for
+    #: chunks of at most 2048 bytes only so that messages can interleave; it sets no cap,
+    #: and file-transfer clients send larger ones.  64 KiB bounds the memory one chunk holds.
+    max_chunk_size: int = 65536
+    #: "msrp" may be enabled on a plain [ws] listener (tests, loopback): RFC 7977 wants wss.
+    allow_insecure: bool = False
+    #: host:port written into the Use-Path URI; "" = the first [msrp] listen entry, else
+    #: the first [wss] (or, with allow_insecure, [ws]) listener.
+    advertise: str = ""
+    #: Expires of an AUTH 200 (seconds): a client asking longer gets this (RFC 4976 §5.1).
+    expires: int = 1800
+    #: TCP/TLS sockets where MSRP peers reach the relay (``tcp:HOST:PORT``, ``tls:HOST:PORT``).
+    listen: tuple[SipListen, ...] = ()
+    #: Bytes waiting toward one next hop (a slow reader) before its sessions fail.
+    max_backlog: int = 4 * 1024 * 1024
+    #: A TCP/TLS connection to a peer idle this long is closed.
+    peer_idle_timeout: float = 300.0
+    #: Seconds to open a TCP connection to a peer (TLS gets [wss] tls_handshake_timeout on top).
+    peer_connect_timeout: float = 5.0
+    #: TLS toward peers (msrps:) verifies certificate and host name ([wss] ca_list or system CAs).
+    verify_peers: bool = True
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -250,6 +282,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    msrp: MsrpConfig = field(default_factory=MsrpConfig)
 
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole sections replaced (tests build variants this way)."""
@@ -275,6 +308,7 @@ _COMMON_WS = {
     "compression_no_context_takeover": check.boolean,
     "compression_mem_level": check.int_range(1, 9),
     "proxy_protocol_from": check.cidrs,
+    "subprotocols": check.subprotocols,
 }
 
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
@@ -393,6 +427,21 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[..., Any]]]] = {
             "messages_per_connection_burst": check.int_range(1),
         },
     ),
+    "msrp": (
+        MsrpConfig,
+        {
+            "require_auth": check.boolean,
+            "max_chunk_size": check.int_range(MIN_MSRP_CHUNK, MAX_MSRP_CHUNK),
+            "allow_insecure": check.boolean,
+            "advertise": check.advertise,
+            "expires": check.int_range(1, MAX_EXPIRES),
+            "listen": check.msrp_listen,
+            "max_backlog": check.int_range(64 * 1024, 1 << 30),
+            "peer_idle_timeout": check.positive_float,
+            "peer_connect_timeout": check.positive_float,
+            "verify_peers": check.boolean,
+        },
+    ),
 }
 
 
@@ -430,6 +479,11 @@ def _check_cross(config: Config) -> None:
         raise ConfigError("[sip] listen", "tls: entries need [wss] certificate and private_key")
     if wss.require_client_cert and not wss.ca_list:
         raise ConfigError("[wss] ca_list", "required when require_client_cert is true")
+    if "msrp" in config.ws.subprotocols and not config.msrp.allow_insecure:
+        raise ConfigError("[ws] subprotocols", "msrp only on [wss] (RFC 7977 requires secure WebSockets); "
+                                               "[msrp] allow_insecure = true permits it for tests and loopback")
+    if any(entry.transport == "tls" for entry in config.msrp.listen) and not wss.certificate:
+        raise ConfigError("[msrp] listen", "tls: entries need [wss] certificate and private_key")
     registrar = config.registrar
     if registrar.min_expires > registrar.max_expires:
         raise ConfigError("[registrar] min_expires",

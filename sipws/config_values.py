@@ -28,6 +28,13 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 TLS_VERSIONS = ("1.2", "1.3")
 KEEPALIVE_MECHANISMS = ("none", "ping", "pong")
 SIP_TRANSPORTS = ("udp", "tcp", "tls")
+#: WebSocket subprotocols sipws speaks: SIP (RFC 7118) and MSRP (RFC 7977).
+SUBPROTOCOLS = ("sip", "msrp")
+#: Smallest and largest [msrp] max_chunk_size (bytes of one chunk's body).
+MIN_MSRP_CHUNK = 2048
+#: MSRP's registered port (RFC 4975 §15.3), for [msrp] listen entries without one.
+MSRP_PORT = 2855
+MAX_MSRP_CHUNK = 1024 * 1024
 
 
 class ConfigError(SipwsError):
@@ -360,6 +367,31 @@ def advertise(key: str, value: Any) -> str:
     if value:
         parse_host_port(key, value, 0)
     return value
+
+
+def msrp_listen(key: str, value: Any) -> tuple[SipListen, ...]:
+    """``tcp:HOST:PORT`` / ``tls:HOST:PORT`` entries (MSRP has no UDP)."""
+    entries = []
+    for text in string_list(key, value):
+        transport, sep, rest = text.partition(":")
+        if not sep or transport not in ("tcp", "tls"):
+            raise ConfigError(key, f"entries must look like tcp:HOST:PORT or tls:HOST:PORT, got {text!r}")
+        address = parse_host_port(key, rest, MSRP_PORT)
+        entries.append(SipListen(transport, address.host, address.port))
+    return tuple(entries)
+
+
+def subprotocols(key: str, value: Any) -> tuple[str, ...]:
+    """A non-empty list of distinct names from SUBPROTOCOLS, in the operator's order."""
+    names = string_list(key, value)
+    if not names:
+        raise ConfigError(key, f"must name at least one of {', '.join(SUBPROTOCOLS)}")
+    for name in names:
+        if name not in SUBPROTOCOLS:
+            raise ConfigError(key, f"must be among {', '.join(SUBPROTOCOLS)}, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(key, f"names a subprotocol twice: {names!r}")
+    return tuple(names)
 
 
 def callable_ref(key: str, value: Any) -> str:

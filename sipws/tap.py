@@ -144,6 +144,7 @@ def _installers() -> list[Callable[[SipwsService], None]]:
         "sipws.transport.ws_client",
         "sipws.transport.standalone",
         "sipws.transport.relay",
+        "sipws.transport.msrp_ws",
         "sipws.admin.rpc",
     ):
         try:

@@ -144,8 +144,15 @@ def ws_dump(root: Any, order: str = "id_hash", limit: int = DEFAULT_DUMP_LIMIT) 
     elif order == "used_asc":
         records.sort(key=lambda r: (r.last_used, r.id))
     now = _now(root)
+    entries = [record.as_dict(now) for record in records[:limit]]
+    msrp = getattr(root, "msrp", None)
+    if msrp is not None and getattr(msrp, "relay", None) is not None:
+        sessions = msrp.sessions_by_connection()
+        for entry in entries:
+            if entry["subprotocol"] == "msrp":
+                entry["msrp_sessions"] = sessions.get(entry["id"], [])
     return {
-        "connections": [record.as_dict(now) for record in records[:limit]],
+        "connections": entries,
         "total": len(records),
         "truncated": len(records) > limit,
     }
@@ -240,6 +247,9 @@ def stats(root: Any) -> dict[str, Any]:
     registrar = registrar_counts(root)
     if registrar is not None:
         result["registrar"] = registrar
+    msrp = getattr(root, "msrp", None)
+    if msrp is not None and getattr(msrp, "relay", None) is not None:
+        result["msrp"] = msrp.stats_snapshot()
     return result
 
 

@@ -108,6 +108,12 @@ def families(stats: dict[str, Any], prefix: str = PREFIX, labels: tuple[tuple[st
         for key, value in sorted(_flatten(sip).items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield gauge(name("relay", key), f"SIP relay {key}", value)
+    msrp = stats.get("msrp")
+    if isinstance(msrp, dict):
+        for key, value in sorted(msrp.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                short = key[len("msrp."):] if key.startswith("msrp.") else key
+                yield gauge(name("msrp", short), f"MSRP relay {short}", value)
     registrar = stats.get("registrar")
     if registrar is not None:
         yield gauge(name("registrar_aors"), "addresses of record with a live binding (standalone mode)",

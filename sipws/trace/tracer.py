@@ -8,7 +8,12 @@ The transports call the hooks of ``root.tracer``:
 - ``ws_handshake(...)``, ``ws_closed(...)``: protocol type 0x59 events with a
   JSON payload and correlation id = the connection id;
 - ``sip_message(...)``: every SIP message received or sent on any transport,
-  protocol type 1 with the exact bytes.
+  protocol type 1 with the exact bytes;
+- ``msrp_message(...)``: every MSRP chunk received or sent (WebSocket, TCP, TLS).
+  HEPv3 assigns MSRP no protocol type (its table: 1 SIP, 2 XMPP, 3 SDP, 4 RTP,
+  5 RTCP, ... 0x3c CDR), so sipws sends an event of its own type 0x59 with a JSON
+  payload ``{"event": "msrp", ...}``: direction, connection id, sizes and the chunk's
+  text cut to ``MSRP_TRACE_MAX`` bytes (a chunk may exceed a HEP packet's 64 KiB).
 
 Hooks never raise and cost one attribute test when tracing is off.  Packets go
 to a ``Destination``: UDP (one datagram each) or TCP (back to back, reconnect
@@ -63,6 +68,8 @@ CALL_ID_SCAN_LIMIT = 8192
 MAX_CORRELATION_ID = 256
 #: Distinct (source, destination) host pairs whose packed form is cached.
 ADDRESS_CACHE_SIZE = 4096
+#: Bytes of one MSRP chunk copied into its trace event (head and the start of the body).
+MSRP_TRACE_MAX = 4096
 #: At most one "dropping packets" warning per this many seconds.
 DROP_LOG_INTERVAL = 10.0
 
@@ -617,6 +624,7 @@ class Tracer(Service):
                 "remote": _fmt(record.remote),
                 "status": status,
                 "reason": reason,
+                "subprotocol": getattr(record, "subprotocol", ""),
                 "identity": getattr(record, "identity", ""),
                 "request": bytes(request or b"").decode("latin-1"),
                 "response": bytes(response or b"").decode("latin-1"),
@@ -672,6 +680,34 @@ class Tracer(Service):
             )
         except Exception:  # noqa: BLE001
             self._internal_error("sip_message")
+
+    def msrp_message(self, record: Any, direction: str, transport: str,
+                     src: tuple[str, int], dst: tuple[str, int], data: bytes,
+                     timestamp: float | None = None) -> None:
+        """One MSRP chunk as received ("in") or sent ("out"): a 0x59 JSON event (see above).
+        ``record`` is the WebSocket connection, or None for a TCP/TLS peer."""
+        if not self._enabled or (record is not None and not record.traced):
+            return
+        try:
+            data = memoryview(data).tobytes()
+            payload = {
+                "event": "msrp",
+                "id": record.id if record is not None else None,
+                "direction": direction,
+                "transport": transport,
+                "src": _fmt(src),
+                "dst": _fmt(dst),
+                "bytes": len(data),
+                "truncated": len(data) > MSRP_TRACE_MAX,
+                "message": data[:MSRP_TRACE_MAX].decode("utf-8", "replace"),
+            }
+            body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+            correlation = str(record.id).encode() if record is not None else None
+            self._emit(proto_type=hep.PROTO_NET, ip_proto=hep.IPPROTO_TCP, src=src, dst=dst,
+                       payload=body, correlation_id=correlation,
+                       timestamp=self.wall_clock() if timestamp is None else timestamp)
+        except Exception:  # noqa: BLE001
+            self._internal_error("msrp_message")
 
     # -- packet building -----------------------------------------------------------
 

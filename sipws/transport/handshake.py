@@ -15,7 +15,7 @@ no Host, no ``Upgrade: websocket``, no
 ``Connection: upgrade``                                400
 Sec-WebSocket-Version other than 13                    426 (+ Sec-WebSocket-Version: 13)
 Sec-WebSocket-Key not base64 of 16 bytes               400
-"sip" not among the offered subprotocols               400 (+ Sec-WebSocket-Protocol: sip)
+no enabled subprotocol offered ([ws] subprotocols)     400 (+ Sec-WebSocket-Protocol: the enabled ones)
 Origin missing (require_origin) or not allowed         403
 (then, in ws_server) banned source, [limits] exceeded   403 / 429 (edge_limits.py)
 ====================================================  ======
@@ -38,6 +38,8 @@ MAX_HEAD_FIELDS = 100
 WEBSOCKET_VERSION = "13"
 #: The subprotocol of RFC 7118.
 SUBPROTOCOL = "sip"
+#: The subprotocol of RFC 7977 (MSRP over WebSocket).
+MSRP_SUBPROTOCOL = "msrp"
 #: Length of a Sec-WebSocket-Key once base64-decoded (RFC 6455 §4.1).
 KEY_BYTES = 16
 
@@ -65,6 +67,8 @@ class HandshakePolicy:
     require_origin: bool = True
     allowed_origins: tuple[str, ...] = ()
     cors_mode: int = 0
+    #: Subprotocols this listener accepts ([ws]/[wss] subprotocols).
+    subprotocols: tuple[str, ...] = (SUBPROTOCOL,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +197,13 @@ def check_request(request: HandshakeRequest, policy: HandshakePolicy, accepting:
     if keys is None or len(keys) != 1 or not _valid_key(keys[0]):
         return Refusal(400, "Sec-WebSocket-Key is not base64 of 16 bytes")
     protocols = _tokens(request.headers.get("sec-websocket-protocol"))
-    if SUBPROTOCOL not in protocols:
+    if choose_subprotocol(protocols, policy.subprotocols) is None:
+        enabled = ", ".join(policy.subprotocols)
+        offered = ",".join(protocols)[:80] or "none"
         return Refusal(
             400,
-            "subprotocol sip not offered",
-            (("Sec-WebSocket-Protocol", SUBPROTOCOL),),
+            f"no enabled subprotocol offered (offered {offered}, enabled {enabled})",
+            (("Sec-WebSocket-Protocol", enabled),),
         )
     if len(protocols) != len(set(protocols)):
         return Refusal(400, "duplicate subprotocol offered")
@@ -210,6 +216,19 @@ def check_request(request: HandshakeRequest, policy: HandshakePolicy, accepting:
     elif not origin_allowed(origins[0], policy.allowed_origins):
         return Refusal(403, f"origin {origins[0][:80]!r} not allowed")
     return None
+
+
+def choose_subprotocol(offered: list[str], enabled: tuple[str, ...]) -> str | None:
+    """The first offered subprotocol (in the client's order, exact token) that is enabled."""
+    for name in offered:
+        if name in enabled:
+            return name
+    return None
+
+
+def offered_subprotocols(request: HandshakeRequest) -> list[str]:
+    """The request's Sec-WebSocket-Protocol tokens, in order."""
+    return _tokens(request.headers.get("sec-websocket-protocol"))
 
 
 def accept_headers(request: HandshakeRequest, policy: HandshakePolicy) -> dict[str, str]:

@@ -36,7 +36,7 @@ from sipws.transport.tls import (
 log = Logger(namespace="sipws.tls")
 
 #: The server contexts a store can hand out, by listener kind.
-_SERVER_ALPN = {"wss": WSS_ALPN, "sip-tls": SIP_TLS_ALPN}
+_SERVER_ALPN = {"wss": WSS_ALPN, "sip-tls": SIP_TLS_ALPN, "msrp-tls": SIP_TLS_ALPN}
 #: Client contexts kept (one per server name and ALPN list dialled); the least
 #: recently used goes first.  Server names come from next hops, which clients'
 #: Routes can name, and each context holds a trust store: the cache must not

@@ -146,6 +146,9 @@ class SipWebSocketMixin:
     state: int
     #: [limits] messages_per_connection_per_second: a TokenBucket (accepted connections), or None.
     _bucket: Any = None
+    #: True on a connection whose subprotocol is "msrp" (RFC 7977): its messages are MSRP
+    #: chunks for root.msrp, not SIP, and CRLF keep-alives are not SIP's there.
+    is_msrp = False
 
     def _enter_table(self, role: str) -> None:
         """Create and register the record; called from connectionMade."""
@@ -305,6 +308,8 @@ class SipWebSocketMixin:
         bucket = self._bucket
         if bucket is not None and not bucket.take(record.last_used):
             return root.limits.over_message_rate(self)
+        if self.is_msrp:
+            return self._msrp_message(payload)
         if payload in CRLF_KEEPALIVES:
             root.stats.incr("ws.crlf_keepalives")
             self._send_message(CRLF_REPLY, False)
@@ -324,6 +329,25 @@ class SipWebSocketMixin:
             root.deliver(record, payload)
         except Exception:
             log.failure("message handler failed on {conn}", conn=record.describe())
+
+    def _msrp_message(self, payload: bytes) -> None:
+        """One MSRP chunk (RFC 7977: one chunk per WebSocket message) to the MSRP relay."""
+        root = self.factory.root
+        record = self.record
+        size = len(payload)
+        record.messages_in += 1
+        record.bytes_in += size
+        stats = root.stats
+        stats.incr("msrp.ws_messages_in")
+        stats.incr("msrp.ws_bytes_in", size)
+        tracer = root.tracer
+        if tracer.enabled:
+            tracer.msrp_message(record, "in", record.transport, record.remote, record.local, payload,
+                                root.reactor.seconds())
+        try:
+            root.msrp.from_websocket(record, payload)
+        except Exception:
+            log.failure("MSRP handler failed on {conn}", conn=record.describe())
 
     def onPing(self, payload: bytes) -> None:
         self.factory.root.stats.incr("ws.frames_in")
@@ -351,9 +375,16 @@ class SipWebSocketMixin:
         root = self.factory.root
         record.messages_out += 1
         record.bytes_out += len(data)
+        tracer = root.tracer
+        if self.is_msrp:
+            root.stats.incr("msrp.ws_messages_out")
+            root.stats.incr("msrp.ws_bytes_out", len(data))
+            if tracer.enabled:
+                tracer.msrp_message(record, "out", record.transport, record.local, record.remote, data,
+                                    root.reactor.seconds())
+            return True
         root.stats.incr("ws.messages_out")
         root.stats.incr("ws.bytes_out", len(data))
-        tracer = root.tracer
         if tracer.enabled:
             tracer.sip_message(
                 record, "out", record.transport, record.local, record.remote, data, root.reactor.seconds()
@@ -428,6 +459,8 @@ class SipWebSocketMixin:
 
     def resumeProducing(self) -> None:
         self.paused_since = None
+        if self.is_msrp:
+            self.factory.root.msrp.ws_drained(self.record)
 
     def stopProducing(self) -> None:
         self.paused_since = None

@@ -325,7 +325,9 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         extension = deflate.negotiate_server(self)  # permessage-deflate, when on
         if extension:
             headers["Sec-WebSocket-Extensions"] = extension
-        return handshake.SUBPROTOCOL, headers
+        chosen = handshake.choose_subprotocol(handshake.offered_subprotocols(self._request),
+                                              self.factory.policy.subprotocols)
+        return chosen or handshake.SUBPROTOCOL, headers
 
     def onOpen(self) -> None:
         record = self.record
@@ -333,6 +335,8 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
         record.state = OPEN
         self.factory.open_connections += 1
         record.subprotocol = self.websocket_protocol_in_use or ""
+        if record.subprotocol == handshake.MSRP_SUBPROTOCOL:
+            self._open_msrp(root)
         root.stats.incr("ws.handshakes_ok")
         response = self.http_response_data
         if isinstance(response, str):
@@ -366,6 +370,19 @@ class SipServerProtocol(SipWebSocketMixin, WebSocketServerProtocol):
             identity=record.identity or "-",
             conn_id=record.id,
         )
+
+    def _open_msrp(self, root: Any) -> None:
+        """An MSRP connection (RFC 7977): its message limit is one chunk of [msrp] max_chunk_size
+        plus the core's header allowance (``Limits.for_chunk_size``) instead of [ws]
+        max_message_size (instance attributes shadow the factory's class-level options); a body
+        over max_chunk_size within that allowance reaches the relay and gets 413, a bigger
+        message is closed with 1009.  The MSRP relay learns the connection exists."""
+        self.is_msrp = True
+        limit = root.msrp.limits.max_message_size
+        self.maxMessagePayloadSize = limit
+        self.maxFramePayloadSize = limit
+        root.stats.incr("msrp.ws_connections")
+        root.msrp.ws_opened(self.record)
 
     def _tls_details(self) -> dict[str, Any] | None:
         if not self.factory.is_secure:
@@ -401,6 +418,7 @@ class SipServerFactory(WebSocketServerFactory):
             require_origin=config.http.require_origin,
             allowed_origins=config.http.allowed_origins,
             cors_mode=config.http.cors_mode,
+            subprotocols=section.subprotocols,
         )
         timeout = section.handshake_timeout
         if self.is_secure:

@@ -7,7 +7,8 @@ workers (``worker.py``) carry these decisions out, and tests check them in memor
   for a flow reach the process holding the flow without crossing a process
   boundary: worker *i* listens on every ``[sip] listen`` port **+ i** (port 0
   stays 0: each worker gets its own ephemeral port) and writes the
-  ``[sip] advertise`` port + *i* into Via, Record-Route and Path.
+  ``[sip] advertise`` port + *i* into Via, Record-Route and Path.  The same
+  for ``[msrp] listen`` and ``[msrp] advertise`` (the Use-Path URI).
 - **Connection ids.** A worker takes ids from blocks the master leases to it;
   blocks never overlap and are never leased twice, so an id names one
   connection for the whole run, across workers and across restarts, and the
@@ -69,10 +70,14 @@ def highest_port(config: Config, workers: int) -> Optional[tuple[str, int]]:
     for entry in config.sip.listen:
         if entry.port and entry.port + workers - 1 > 65535:
             return (str(entry), entry.port + workers - 1)
-    if config.sip.advertise:
-        _, port = split_host_port(config.sip.advertise)
-        if port is not None and port + workers - 1 > 65535:
-            return ("[sip] advertise", port + workers - 1)
+    for entry in config.msrp.listen:
+        if entry.port and entry.port + workers - 1 > 65535:
+            return (str(entry), entry.port + workers - 1)
+    for key, advertise in (("[sip] advertise", config.sip.advertise), ("[msrp] advertise", config.msrp.advertise)):
+        if advertise:
+            _, port = split_host_port(advertise)
+            if port is not None and port + workers - 1 > 65535:
+                return (key, port + workers - 1)
     return None
 
 
@@ -91,8 +96,13 @@ def worker_config(config: Config, index: int, standalone_upstream: str = "") -> 
         if not any(entry.transport == "tcp" for entry in listen):
             changes["listen"] = listen + (SipListen("tcp", LOOPBACK, 0),)
     workers = config.server.workers
+    msrp = config.msrp
     return config.replace(
         sip=dataclasses.replace(sip, **changes),
+        # MSRP like SIP: each worker's own sockets and Use-Path port, so that a chunk for a
+        # session held by another worker reaches it over TCP/TLS (docs/msrp.md "Workers")
+        msrp=dataclasses.replace(msrp, listen=worker_listen(msrp.listen, index),
+                                 advertise=worker_advertise(msrp.advertise, index)),
         admin=dataclasses.replace(config.admin, listen=""),
         # [ws]/[wss] max_connections is per instance: each worker takes its share
         ws=dataclasses.replace(config.ws, max_connections=worker_share(config.ws.max_connections, workers)),

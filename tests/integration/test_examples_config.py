@@ -43,6 +43,7 @@ def full_example_copy(tmp_path: Path, hep_port: int) -> tuple[dict, dict, str]:
     for section in ("ws", "wss"):
         data[section]["listen"] = [replace_port(entry, ports, loopback) for entry in data[section]["listen"]]
     data["sip"]["listen"] = [replace_port(entry, ports, loopback) for entry in data["sip"]["listen"]]
+    data["msrp"]["listen"] = [replace_port(entry, ports, loopback) for entry in data["msrp"]["listen"]]
     transport = data["sip"]["upstream"].rpartition("transport=")[2] or "udp"
     data["sip"]["upstream"] = f"sip:127.0.0.1:{free_port()};transport={transport}"
     data["trace"]["destination"] = f"udp:127.0.0.1:{hep_port}"
@@ -60,7 +61,7 @@ def test_full_example_has_every_section_and_only_the_documented_overrides(tmp_pa
     assert set(shipped) == set(_SCHEMA), "examples/sipws-full.toml should show every section"
     _, data, _ = full_example_copy(tmp_path, 9)
     overridden = {("ws", "listen"), ("wss", "listen"), ("wss", "certificate"), ("wss", "private_key"),
-                  ("wss", "ca_list"), ("sip", "listen"), ("sip", "upstream"), ("trace", "destination"),
+                  ("wss", "ca_list"), ("sip", "listen"), ("msrp", "listen"), ("sip", "upstream"), ("trace", "destination"),
                   ("admin", "listen")}
     for section, values in shipped.items():
         for key, value in values.items():

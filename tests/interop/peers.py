@@ -58,6 +58,8 @@ class KamailioCore:
     #: The configuration file; the default is the relay tests' fixture.  Any
     #: other file gets the same -A defines (it may ignore those it does not use).
     config: Path = HERE / "kamailio_core" / "kamailio.cfg"
+    #: More ``-A NAME=VALUE`` defines for another configuration file.
+    defines: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
 
     @property
@@ -75,6 +77,8 @@ class KamailioCore:
             args += ["-A", f'UPSTREAM="{self.upstream}"']
         if self.advertise_port:
             args += ["-A", f"ADVERTISE_PORT={self.advertise_port}"]
+        for define in self.defines:
+            args += ["-A", define]
         self.log = open(self.run_dir / "kamailio.log", "wb")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT

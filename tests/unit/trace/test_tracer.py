@@ -201,7 +201,7 @@ def test_accepted_event_payload() -> None:
     assert body == {
         "event": "accepted", "id": 3, "transport": "wss", "role": "server",
         "local": "127.0.0.1:8080", "remote": "192.0.2.10:50120",
-        "status": 101, "reason": "Switching Protocols", "identity": "",
+        "status": 101, "reason": "Switching Protocols", "subprotocol": "", "identity": "",
         "request": REQUEST.decode(), "response": RESPONSE.decode(), "tls": tls,
     }
 
