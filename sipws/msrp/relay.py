@@ -13,7 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
-from sipws.msrp.errors import MsrpParseError
+from sipws.msrp.digest import DigestAuth, parse_authorization
+from sipws.msrp.errors import MsrpError, MsrpParseError
 from sipws.msrp.limits import MAX_CHUNK_SIZE, MAX_NON_SEND_BODY, Limits
 from sipws.msrp.message import COMMENTS, MsrpRequest, MsrpResponse, build, make_response, parse
 from sipws.msrp.uri import MsrpUri, PeerKey, format_path, parse_uri
@@ -27,6 +28,11 @@ MAX_PENDING = 10000
 MAX_BACKLOG_ENTRIES = 4096
 #: Malformed messages a connection may send before it is closed.
 MAX_MALFORMED_PER_CONNECTION = 10
+#: Failed Digest attempts (wrong response, forged nonce, unreadable
+#: Authorization) a connection may make; beyond them its AUTHs get 403.
+MAX_AUTH_FAILURES = 3
+#: Nonces per connection whose last nonce count is remembered (replay check).
+MAX_TRACKED_NONCES = 4
 #: WebSocket close code used when a connection is closed for bad MSRP.
 CLOSE_PROTOCOL_ERROR = 1002
 #: Bytes of a malformed message looked at to answer it with a 400.
@@ -90,6 +96,11 @@ class RelaySettings:
     transaction_timeout: float = 30.0
     max_backlog: int = 1 << 20
     max_sessions: int = 10000
+    #: ``[auth] hmac_secrets`` / ``hmac_algorithm``: with ``require_auth``, a
+    #: connection without a handshake identity is challenged with Digest
+    #: (RFC 4976 §5.1) whose passwords are the TURN-REST credentials.
+    hmac_secrets: tuple = ()
+    hmac_algorithm: str = "sha256"
 
     @property
     def limits(self) -> Limits:
@@ -103,6 +114,8 @@ class _Conn:
     peer: Optional[PeerKey]
     sessions: list = field(default_factory=list)
     malformed: int = 0
+    auth_failures: int = 0
+    digest_nc: dict = field(default_factory=dict)  # nonce -> highest nc accepted
 
 
 @dataclass
@@ -137,8 +150,11 @@ class MsrpRelay:
     """The relay: see the ``sipws.msrp`` docstring for the calls and actions."""
 
     def __init__(self, clock, settings: RelaySettings,
-                 token: Callable[[], str] = lambda: secrets.token_urlsafe(16)) -> None:
+                 token: Callable[[], str] = lambda: secrets.token_urlsafe(16),
+                 nonce_key: Optional[bytes] = None) -> None:
         self._clock = clock
+        self._digest = DigestAuth(clock, settings.hmac_secrets, settings.hmac_algorithm,
+                                  key=nonce_key)
         self._settings = settings
         self._limits = settings.limits
         self._token = token
@@ -252,9 +268,16 @@ class MsrpRelay:
             return self._refuse(conn_id, req, 403, "AUTH is for WebSocket clients")
         if len(req.to_path) != 1:
             return self._refuse(conn_id, req, 403, "AUTH through this relay is not forwarded")
-        if conn.identity is None and s.require_auth:
-            self.counters["msrp.auth_refused"] += 1
-            return self._refuse(conn_id, req, 403, "connect with credentials to use this relay")
+        identity = conn.identity
+        auth_info = None
+        if identity is None and s.require_auth:
+            if not self._digest.enabled:
+                self.counters["msrp.auth_refused"] += 1
+                return self._refuse(conn_id, req, 403, "connect with credentials to use this relay")
+            verdict = self._check_digest(conn_id, conn, req)
+            if not isinstance(verdict, tuple):
+                return verdict
+            identity, auth_info = verdict
         expires = req.expires if req.expires is not None else s.default_expires
         if expires < s.min_expires:
             return self._refuse(conn_id, req, 423, None, [("Min-Expires", str(s.min_expires))])
@@ -268,14 +291,57 @@ class MsrpRelay:
         while sid in self._sessions:
             sid = self._token()
         uri = MsrpUri("msrps" if s.tls else "msrp", self._host, s.port, sid, "tcp")
-        self._sessions[sid] = _Session(sid, uri, conn_id, conn.identity, str(req.from_path[0]),
+        self._sessions[sid] = _Session(sid, uri, conn_id, identity, str(req.from_path[0]),
                                        self._clock.seconds() + expires)
         conn.sessions.append(sid)
         self.counters["msrp.auth_ok"] += 1
-        data = make_response(req, 200, None, [("Use-Path", str(uri)), ("Expires", str(expires))])
+        extra = [("Use-Path", str(uri)), ("Expires", str(expires))]
+        if auth_info is not None:
+            extra.append(("Authentication-Info", auth_info))
+        data = make_response(req, 200, None, extra)
         return [SendToConnection(conn_id, data),
-                Log("info", f"msrp: connection {conn_id} ({conn.identity or 'anonymous'}) "
+                Log("info", f"msrp: connection {conn_id} ({identity or 'anonymous'}) "
                             f"got session {uri} for {expires}s")]
+
+    def _check_digest(self, conn_id: int, conn: _Conn, req: MsrpRequest):
+        """RFC 4976 §5.1/§6.3: challenge an AUTH without credentials (401),
+        verify one with ``Authorization``.  Returns ``(identity,
+        Authentication-Info value)`` on success, else the actions.  Every AUTH
+        of such a connection (a refresh too) carries credentials: the identity
+        is the session's, not the connection's."""
+        binding = str(conn_id).encode("ascii")
+        if conn.auth_failures >= MAX_AUTH_FAILURES:
+            self.counters["msrp.auth_refused"] += 1
+            return self._refuse(conn_id, req, 403, "too many failed Digest attempts")
+        value = req.header("Authorization")
+        if value is None:
+            return self._refuse(conn_id, req, 401, "Digest challenge",
+                                self._digest.challenge(binding))
+        verdict = self._digest.verify(value, binding, req.to_path[0])
+        if verdict.status == 200:
+            nonce_nc = _nonce_nc(value)
+            if nonce_nc is not None:
+                nonce, nc = nonce_nc
+                if nc <= conn.digest_nc.get(nonce, 0):
+                    verdict = type(verdict)(401, "nonce count replayed")
+                else:
+                    if nonce not in conn.digest_nc and len(conn.digest_nc) >= MAX_TRACKED_NONCES:
+                        conn.digest_nc.pop(next(iter(conn.digest_nc)))
+                    conn.digest_nc[nonce] = nc
+        if verdict.status == 200:
+            conn.auth_failures = 0
+            return verdict.identity, verdict.auth_info
+        if verdict.status == 403:
+            self.counters["msrp.auth_refused"] += 1
+            return self._refuse(conn_id, req, 403, verdict.reason)
+        if verdict.counts:
+            conn.auth_failures += 1
+            if conn.auth_failures >= MAX_AUTH_FAILURES:
+                self.counters["msrp.auth_refused"] += 1
+                return self._refuse(conn_id, req, 403, f"{verdict.reason}; too many failed "
+                                                       f"Digest attempts")
+        return self._refuse(conn_id, req, 401, verdict.reason,
+                            self._digest.challenge(binding, stale=verdict.stale))
 
     # -- SEND, REPORT and other requests (RFC 4976 §6.4) ----------------------
     def _on_request(self, conn_id: int, conn: _Conn, req: MsrpRequest) -> list[Action]:
@@ -446,6 +512,15 @@ class MsrpRelay:
     def _count_state(self) -> None:
         self.counters["msrp.sessions"] = len(self._sessions)
         self.counters["msrp.pending"] = len(self._pending)
+
+
+def _nonce_nc(value: str) -> Optional[tuple[str, int]]:
+    """(nonce, nc) of an Authorization value already verified."""
+    try:
+        p = parse_authorization(value)
+        return p["nonce"], int(p["nc"], 16)
+    except (MsrpError, KeyError, ValueError):
+        return None
 
 
 def _clean(text: str) -> str:

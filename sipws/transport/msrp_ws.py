@@ -111,8 +111,13 @@ class MsrpService(Service, PeerEvents):
             max_chunk_size=msrp.max_chunk_size, default_expires=msrp.expires,
             min_expires=min(MIN_EXPIRES, msrp.expires), max_expires=msrp.expires,
             max_backlog=msrp.max_backlog,
+            hmac_secrets=tuple(self.config.auth.hmac_secrets),
+            hmac_algorithm=self.config.auth.hmac_algorithm,
         )
         self.relay = MsrpRelay(self.reactor, settings)
+        if msrp.require_auth and not self.config.auth.required and not settings.hmac_secrets:
+            log.warn("MSRP relay: [msrp] require_auth without [auth] hmac_secrets: AUTH from a "
+                     "connection without handshake credentials is refused (403), no Digest offered")
         self.root.connections.on_removed(self._ws_removed)
         scheme = "msrps" if tls else "msrp"
         shown = f"[{host}]" if ":" in host else host

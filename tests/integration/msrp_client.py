@@ -9,6 +9,7 @@ tests run it in a thread.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -46,11 +47,15 @@ class Msg:
     status: int | None
     comment: str
     headers: dict[str, str] = field(default_factory=dict)
+    fields: list[tuple[str, str]] = field(default_factory=list)  # every header, repeats kept
     body: bytes = b""
     flag: str = "$"
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.fields if key == name.lower()]
 
     def path(self, name: str) -> list[str]:
         return (self.header(name) or "").split()
@@ -73,6 +78,7 @@ def parse(data: bytes) -> Msg:
         if line:
             name, _, value = line.partition(":")
             msg.headers[name.strip().lower()] = value.strip()
+            msg.fields.append((name.strip().lower(), value.strip()))
     if sep:
         assert body.endswith(b"\r\n"), "body must end with CRLF before the end line"
         msg.body = body[:-2]
@@ -134,15 +140,43 @@ class MsrpWs(RawWs):
                 return msg
         raise AssertionError(f"no {what} within {limit} messages")
 
-    def auth(self, relay_uri: str, expires: int | None = None) -> Msg:
+    def auth(self, relay_uri: str, expires: int | None = None,
+             authorization: str | None = None) -> Msg:
         transaction = tid()
         headers = [("Expires", str(expires))] if expires is not None else []
+        if authorization is not None:
+            headers.append(("Authorization", authorization))
         self.send_msrp(build_request("AUTH", transaction, [relay_uri], [self.uri], headers))
         _, answer = self.read_msrp()
         assert answer.tid == transaction, answer
         if answer.status == 200:
             self.use_path = answer.header("Use-Path")
         return answer
+
+
+def digest_params(value: str) -> dict[str, str]:
+    """The parameters of a ``Digest …`` challenge (RFC 2617 §3.2.1), unquoted."""
+    scheme, _, rest = value.partition(" ")
+    assert scheme == "Digest", value
+    return {k: q or t for k, q, t in re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]+))', rest)}
+
+
+def digest_authorization(challenge: dict[str, str], username: str, password: str, uri: str,
+                         nc: str = "00000001", cnonce: str | None = None) -> str:
+    """An Authorization answering ``challenge`` for AUTH (RFC 4976 §5.1: method AUTH,
+    uri = the relay URI of To-Path, qop=auth), from the RFC 2617 / RFC 7616 formulas."""
+    algorithm = challenge.get("algorithm", "MD5")
+    h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+    cnonce = cnonce or os.urandom(8).hex()
+
+    def hx(text: str) -> str:
+        return h(text.encode()).hexdigest()
+    ha1 = hx(f"{username}:{challenge['realm']}:{password}")
+    ha2 = hx(f"AUTH:{uri}")
+    response = hx(f"{ha1}:{challenge['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+    return (f'Digest username="{username}", realm="{challenge["realm"]}", '
+            f'nonce="{challenge["nonce"]}", uri="{uri}", response="{response}", qop=auth, '
+            f'nc={nc}, cnonce="{cnonce}", algorithm={algorithm}')
 
 
 def relay_uri(port: int, tls: bool) -> str:

@@ -392,8 +392,8 @@ def test_a_receiver_that_stops_reading_gets_chunks_refused_with_413(sipws_factor
 
 @pytest_twisted.inlineCallbacks
 def test_require_auth_takes_the_identity_from_the_handshake(sipws_factory):
-    """[msrp] require_auth: AUTH is 403 on a connection no [auth] credentials authenticated,
-    200 (the session bound to the identity) on one they did."""
+    """[msrp] require_auth: AUTH is challenged (401 Digest) on a connection no [auth]
+    credentials authenticated, 200 (the session bound to the identity) on one they did."""
     from tests.integration.test_auth import SECRET, hmac_path
 
     root = sipws_factory({**INSECURE, "msrp": {"allow_insecure": True, "require_auth": True},
@@ -409,7 +409,8 @@ def test_require_auth_takes_the_identity_from_the_handshake(sipws_factory):
         return refused, accepted
     try:
         refused, accepted = yield in_thread(run)
-        assert refused.status == 403 and accepted.status == 200
+        assert refused.status == 401 and refused.all("WWW-Authenticate")
+        assert accepted.status == 200
         [session] = root.msrp.relay.dump()
         assert session["identity"] == "alice@example.com"
     finally:
