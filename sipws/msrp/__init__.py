@@ -62,13 +62,16 @@ The relay (``sipws.msrp.relay``)
     ``RelaySettings(host, port=2855, tls=True, require_auth=False,
     max_chunk_size=MAX_CHUNK_SIZE, default_expires=1800, min_expires=60,
     max_expires=3600, transaction_timeout=30.0, max_backlog=1 MiB,
-    max_sessions=10000)`` frozen; ``settings.limits`` is the parser
+    max_sessions=10000, hmac_secrets=(), hmac_algorithm="sha256")`` frozen
+    (``hmac_secrets``: with ``require_auth``, AUTH from a connection without
+    a handshake identity is challenged with Digest, see ``sipws.msrp.digest``); ``settings.limits`` is the parser
     ``Limits`` the relay applies (give the same to ``MessageSplitter`` and
     use its ``max_message_size`` as the WebSocket message limit); ``host:port`` is the MSRP address sipws
     advertises in the ``Use-Path`` it gives (``msrps://HOST:PORT/SESSION;tcp``,
     or ``msrp://`` when ``tls`` is false), i.e. where TCP/TLS peers reach it.
 
-    ``MsrpRelay(clock, settings, token=secrets.token_urlsafe)``; every method
+    ``MsrpRelay(clock, settings, token=secrets.token_urlsafe, nonce_key=None)``
+    (``nonce_key``: the Digest nonce HMAC key, random when None); every method
     below returns a ``list`` of actions, to be carried out in order:
 
     - ``connection_opened(conn_id, kind, identity=None, peer=None)``: ``kind``
@@ -110,6 +113,15 @@ The relay (``sipws.msrp.relay``)
     - ``Log(level: str, text: str)``: ``level`` in debug/info/warning.
 
     Relay rules and statuses: docs/msrp-relay-rules.md.
+
+Digest on AUTH (``sipws.msrp.digest``, RFC 4976 §5.1)
+    ``DigestAuth(clock, hmac_secrets, hmac_algorithm="sha256", realm="sipws",
+    key=None)``: ``.challenge(binding, stale=False)`` → WWW-Authenticate
+    ``(name, value)`` pairs (MD5, SHA-256); ``.verify(value, binding,
+    relay_uri, method="AUTH")`` → ``Verdict(status 200|401|403, reason,
+    identity, stale, auth_info, counts)``, never raises.
+    ``parse_authorization(value)`` raises ``DigestError(MsrpError)``.
+    Constants ``REALM``, ``NONCE_LIFETIME`` (300 s), ``ALGORITHMS``.
 """
 
 from sipws.msrp.errors import MsrpError, MsrpParseError
