@@ -111,3 +111,24 @@ def test_wrong_digest_password_is_challenged_again(sipws_factory, pki):
         assert root.msrp.relay.dump() == []
     finally:
         client.shutdown()
+
+
+@pytest_twisted.inlineCallbacks
+def test_require_auth_without_hmac_secrets_keeps_403_and_says_so(sipws_factory, sipws_log, pki):
+    ca, server = pki
+    cfg = config(server)
+    del cfg["auth"]
+    root = sipws_factory(cfg)
+    port = port_of(root, "wss")
+    warned = [line for line in sipws_log if "require_auth without [auth] hmac_secrets" in line]
+    assert len(warned) == 1, sipws_log
+    client = yield in_thread(MsrpWs, port, "anon", tls=ssl.create_default_context(cafile=ca.path))
+
+    def run():
+        client.open()
+        return client.auth(relay_uri(port, tls=True))
+    try:
+        answer = yield in_thread(run)
+        assert answer.status == 403 and not answer.all("WWW-Authenticate")
+    finally:
+        client.shutdown()
