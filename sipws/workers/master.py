@@ -44,7 +44,7 @@ from sipws.errors import StartupError
 from sipws.tap import EXIT_CONFIG, SipwsService
 from sipws.transport.ws_server import LISTEN_BACKLOG
 from sipws.workers.control import ControlProtocol, HandOver
-from sipws.workers.plan import ID_BLOCK_SIZE, IdLeases, highest_port
+from sipws.workers.plan import ID_BLOCK_SIZE, IdLeases, highest_port, msrp_without_listen
 from sipws.workers.worker import EXIT_STARTUP
 
 log = Logger(namespace="sipws.master")
@@ -166,6 +166,9 @@ class Supervisor(Service):
                 self.root.ports.setdefault(kind, []).append(_BoundPort(host, port))
                 log.info("listening {kind} on {host}:{port} (SO_REUSEPORT, one socket per worker, "
                          "{count} workers)", kind=kind, host=host, port=port, count=self.count)
+        gap = msrp_without_listen(config, self.count)
+        if gap is not None:
+            log.warn("{line}", line=gap)
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._share_limits()
         super().privilegedStartService()

@@ -65,6 +65,18 @@ def worker_advertise(advertise: str, index: int) -> str:
     return f"{shown}:{port + index}"
 
 
+def msrp_without_listen(config: Config, workers: int) -> Optional[str]:
+    """A warning when MSRP is on across several workers with no ``[msrp] listen``: a chunk for
+    a session held by another worker travels to it over its MSRP port, and without one the two
+    clients cannot reach each other (docs/msrp.md "Workers")."""
+    if workers < 2 or config.msrp.listen:
+        return None
+    if "msrp" not in config.ws.subprotocols and "msrp" not in config.wss.subprotocols:
+        return None
+    return (f"[msrp] listen is empty with {workers} workers: MSRP clients connected to different "
+            f"workers cannot exchange messages (each worker needs its MSRP port; docs/msrp.md)")
+
+
 def highest_port(config: Config, workers: int) -> Optional[tuple[str, int]]:
     """The largest SIP port any worker would use, if one passes 65535 (a config error)."""
     for entry in config.sip.listen:

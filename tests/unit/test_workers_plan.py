@@ -168,3 +168,15 @@ def test_garbage_on_the_channel_closes_it():
     a, _, _, _ = _pair({}, {})
     a.dataReceived(b"\x00\x00\x00\x03abc")
     assert a.transport.disconnecting
+
+
+def test_msrp_across_workers_without_an_msrp_port_is_warned_about():
+    from sipws.workers.plan import msrp_without_listen
+
+    plain = config_from_dict({"ws": {"subprotocols": ["sip", "msrp"]}, "msrp": {"allow_insecure": True}})
+    assert "with 2 workers" in msrp_without_listen(plain, 2)
+    assert msrp_without_listen(plain, 1) is None  # one process: every session is local
+    with_port = config_from_dict({"ws": {"subprotocols": ["sip", "msrp"]},
+                                  "msrp": {"allow_insecure": True, "listen": ["tcp:127.0.0.1:2855"]}})
+    assert msrp_without_listen(with_port, 2) is None
+    assert msrp_without_listen(config_from_dict({}), 4) is None  # no MSRP at all
