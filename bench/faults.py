@@ -133,6 +133,11 @@ def report(outcomes: dict[str, Counter], expected: dict[str, set[str]], sampler:
     return ok and not twice
 
 
+#: Phases around a change of the core's behaviour, and how long before it they begin (s).
+TRANSITIONS = {"stop": "(core stopping)", "silent": "(core falling silent)"}
+TRANSITION_GRACE = 0.3
+
+
 async def fault_core(tmp: Path, quick: bool) -> bool:
     port = free_port(socket.SOCK_DGRAM)
     t1 = 0.05 if quick else 0.5
@@ -156,7 +161,13 @@ async def fault_core(tmp: Path, quick: bool) -> bool:
                                        ("core silent", "silent", phase_seconds),
                                        ("silent < timer F before it answers", None, timer_f),
                                        ("core answers", "answer", phase_seconds)):
-            client.phase = phase  # a request sent just before the fault may still meet it
+            if action in TRANSITIONS:
+                # A request still on its way through sipws when the core stops or falls silent
+                # meets the new behaviour: requests sent within TRANSITION_GRACE of the change
+                # count in a phase of their own that accepts either outcome.
+                client.phase = TRANSITIONS[action]
+                await asyncio.sleep(TRANSITION_GRACE)
+            client.phase = phase
             if action == "stop":
                 received.update(core.received)
                 core.transport.close()
@@ -174,6 +185,7 @@ async def fault_core(tmp: Path, quick: bool) -> bool:
         received.update(core.received)
         counters = sipws.counters()
         ok = report(client.outcomes, {"up": {"200"}, "core stopped": {"503"}, "core restarted": {"200"},
+                                      TRANSITIONS["stop"]: {"200", "503"}, TRANSITIONS["silent"]: {"200", "408"},
                                       "core silent": {"408"},
                                       "silent < timer F before it answers": {"200", "408"}, "core answers": {"200"}}, sampler)
         tables = sipws.tables()
