@@ -30,7 +30,6 @@ from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -39,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sipws.msrp import Limits, MessageSplitter, MsrpParseError, PeerKey
+from sipws.transport.dialling import Dial, DialingPool
 from sipws.transport.tls_failure import describe_tls_failure
 
 log = Logger(namespace="sipws.msrp.stream")
@@ -226,21 +226,7 @@ class _Factory(Factory):
         pass
 
 
-class _Dial:
-    """A connection being opened toward a peer and the messages waiting for it."""
-
-    __slots__ = ("peer", "queue", "queued_bytes", "timeout", "connecting", "protocol")
-
-    def __init__(self, peer: PeerKey) -> None:
-        self.peer = peer
-        self.queue: list[bytes] = []
-        self.queued_bytes = 0
-        self.timeout: Any = None
-        self.connecting: Optional[defer.Deferred] = None
-        self.protocol: Optional[MsrpStreamProtocol] = None
-
-
-class PeerPool:
+class PeerPool(DialingPool):
     """Every MSRP TCP/TLS connection: by connection id, and dialled ones by PeerKey."""
 
     def __init__(self, clock: Any, events: PeerEvents, stats: Any, limits: Limits, *,
@@ -257,7 +243,7 @@ class PeerPool:
         self.max_backlog = max_backlog
         self.connections: dict[int, MsrpStreamProtocol] = {}
         self.by_peer: dict[PeerKey, MsrpStreamProtocol] = {}
-        self.dials: dict[PeerKey, _Dial] = {}
+        self.dials: dict[PeerKey, Dial] = {}
         self.accepted = 0
         self._ids = itertools.count(-1, -1)
         self._sweep = LoopingCall(self._close_idle)
@@ -312,8 +298,8 @@ class PeerPool:
         # Later, not inside the caller's loop over the relay's actions.
         self.clock.callLater(0, self.events.peer_unreachable, peer, reason)
 
-    def _dial(self, peer: PeerKey) -> _Dial:
-        dial = _Dial(peer)
+    def _dial(self, peer: PeerKey) -> Dial:
+        dial = Dial(peer)
         self.dials[peer] = dial
         endpoint: Any = HostnameEndpoint(self.clock, peer.host, peer.port, timeout=self.connect_timeout)
         budget = self.connect_timeout
@@ -331,38 +317,12 @@ class PeerPool:
                                      callbackArgs=(dial,), errbackArgs=(dial,))
         return dial
 
-    def _dial_connected(self, protocol: MsrpStreamProtocol, dial: _Dial) -> None:
-        dial.connecting = None
-        dial.protocol = protocol
-
-    def _dial_failed(self, failure: Any, dial: _Dial) -> None:
-        dial.connecting = None
-        if failure.check(defer.CancelledError):
-            return
-        reason = failure.getErrorMessage()
-        if failure.check(error.ConnectionRefusedError):
-            reason = "connection refused"
-        self._fail_dial(dial, reason)
-
-    def _dial_timed_out(self, dial: _Dial) -> None:
-        dial.timeout = None
-        if self.dials.get(dial.peer) is not dial:
-            return
-        if dial.connecting is not None:
-            dial.connecting.cancel()
-        if dial.protocol is not None and dial.protocol.transport is not None:
-            dial.protocol.transport.abortConnection()
-        self._fail_dial(dial, "connection timed out")
-
-    def _fail_dial(self, dial: _Dial, reason: str) -> None:
-        if self.dials.get(dial.peer) is dial:
-            del self.dials[dial.peer]
-        if dial.timeout is not None and dial.timeout.active():
-            dial.timeout.cancel()
-        log.warn("cannot reach {peer}: {reason}", peer=str(dial.peer), reason=reason)
+    def _fail_dial(self, dial: Dial, reason: str) -> None:
+        self._forget_dial(dial)
+        log.warn("cannot reach {peer}: {reason}", peer=str(dial.key), reason=reason)
         self.stats.incr("msrp.peer_connect_failures")
         dial.queue.clear()
-        self.events.peer_unreachable(dial.peer, reason)
+        self.events.peer_unreachable(dial.key, reason)
 
     # -- protocol callbacks -------------------------------------------------------------
 

@@ -30,7 +30,6 @@ from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -41,6 +40,7 @@ from zope.interface import implementer
 from sipws.sip import SipParseError
 from sipws.sip.framer import StreamFramer
 from sipws.sip.limits import Limits
+from sipws.transport.dialling import Dial, DialingPool
 from sipws.transport.tls_failure import describe_tls_failure
 
 log = Logger(namespace="sipws.transport.sip_stream")
@@ -211,21 +211,7 @@ class _StreamFactory(Factory):
         pass
 
 
-class _Dial:
-    """A connection being opened and the messages waiting for it."""
-
-    __slots__ = ("key", "queue", "queued_bytes", "timeout", "protocol", "connecting")
-
-    def __init__(self, key: Key) -> None:
-        self.key = key
-        self.queue: list[tuple[bytes, OnError]] = []
-        self.queued_bytes = 0
-        self.timeout: Any = None
-        self.protocol: Optional[SipStreamProtocol] = None
-        self.connecting: Optional[defer.Deferred] = None
-
-
-class StreamPool:
+class StreamPool(DialingPool):
     """Every SIP TCP/TLS connection, by (transport, peer IP, peer port)."""
 
     #: Accepted connections beyond this are refused (dialled ones always proceed).
@@ -240,7 +226,7 @@ class StreamPool:
         self.tls_client_options = tls_client_options
         self.tls_timeout = tls_timeout
         self.connections: dict[Key, SipStreamProtocol] = {}
-        self.dials: dict[Key, _Dial] = {}
+        self.dials: dict[Key, Dial] = {}
         self._sweep = LoopingCall(self._close_idle)
         self._sweep.clock = clock
         self._stopping = False
@@ -281,9 +267,9 @@ class StreamPool:
         dial.queue.append((data, on_error))
         dial.queued_bytes += len(data)
 
-    def _dial(self, key: Key, server_name: str) -> _Dial:
+    def _dial(self, key: Key, server_name: str) -> Dial:
         transport_name, host, port = key
-        dial = _Dial(key)
+        dial = Dial(key)
         self.dials[key] = dial
         endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
         endpoint: Any = endpoint_class(self.clock, host, port, timeout=CONNECT_TIMEOUT)
@@ -302,30 +288,10 @@ class StreamPool:
                                      callbackArgs=(dial,), errbackArgs=(dial,))
         return dial
 
-    def _dial_connected(self, protocol: SipStreamProtocol, dial: _Dial) -> None:
-        dial.connecting = None
-        dial.protocol = protocol
+    def _dial_connected(self, protocol: SipStreamProtocol, dial: Dial) -> None:
+        super()._dial_connected(protocol, dial)
         if protocol.ready:
             self.dial_ready(protocol)
-
-    def _dial_failed(self, failure: Any, dial: _Dial) -> None:
-        dial.connecting = None
-        if failure.check(defer.CancelledError):
-            return
-        reason = failure.getErrorMessage()
-        if failure.check(error.ConnectionRefusedError):
-            reason = "connection refused"
-        self._fail_dial(dial, reason)
-
-    def _dial_timed_out(self, dial: _Dial) -> None:
-        dial.timeout = None
-        if self.dials.get(dial.key) is not dial:
-            return
-        if dial.connecting is not None:
-            dial.connecting.cancel()
-        if dial.protocol is not None and dial.protocol.transport is not None:
-            dial.protocol.transport.abortConnection()
-        self._fail_dial(dial, "connection timed out")
 
     def dial_ready(self, protocol: SipStreamProtocol) -> None:
         dial = self.dials.pop(protocol.key, None)
@@ -340,11 +306,8 @@ class StreamPool:
                 on_error(f"{protocol.transport_name}:{protocol.peer[0]}:{protocol.peer[1]} stopped reading")
         dial.queue.clear()
 
-    def _fail_dial(self, dial: _Dial, reason: str) -> None:
-        if self.dials.get(dial.key) is dial:
-            del self.dials[dial.key]
-        if dial.timeout is not None and dial.timeout.active():
-            dial.timeout.cancel()
+    def _fail_dial(self, dial: Dial, reason: str) -> None:
+        self._forget_dial(dial)
         transport_name, host, port = dial.key
         log.warn("cannot reach {transport}:{host}:{port}: {reason}", transport=transport_name,
                  host=host, port=port, reason=reason)
