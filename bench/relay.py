@@ -97,12 +97,19 @@ FORK_SETTLE = 0.5
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process, in seconds (0 when it is gone)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process, in seconds ((0, 0) when it is gone): user time is the
+    proxy's own code (Python or C), system time the kernel working for it (socket calls, epoll)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def descendants(pid: int) -> list[int]:
@@ -230,6 +237,10 @@ class Process:
     def cpu_by_pid(self) -> dict[int, float]:
         return {pid: cpu_seconds(pid) for pid in self.pids}
 
+    def system_cpu(self) -> float:
+        """Kernel time (stime) of every process of this server, in seconds."""
+        return sum(cpu_split(pid)[1] for pid in self.pids)
+
     def tail(self, lines: int = 15) -> str:
         if self.log is None or not self.log.exists():
             return ""
@@ -351,6 +362,8 @@ class Result:
     by_process: list[float] = field(default_factory=list)
     #: cores in use on the whole machine during the phase (ours and everybody else's)
     machine_cores: float = 0.0
+    #: of server_cpu, the seconds spent in the kernel (stime)
+    server_system_cpu: float = 0.0
 
     @property
     def unit(self) -> str:
@@ -383,6 +396,7 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         server.refresh_pids()
         drops_before = udp_drops(server.pids), udp_drops(responder.pids)
         server_before, responder_before = server.cpu_by_pid(), responder.cpu_by_pid()
+        system_before = server.system_cpu()
         machine_before = machine_jiffies()
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
@@ -392,6 +406,7 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         server.refresh_pids()
         server_after = server.cpu_by_pid()
         server_cpu = cpu_between(server_before, server_after)
+        server_system = server.system_cpu() - system_before
         by_process = [server_after[pid] - server_before.get(pid, 0.0) for pid in server.pids if server_after[pid]]
         responder_cpu = cpu_between(responder_before, responder.cpu_by_pid())
         drops = udp_drops(server.pids) - drops_before[0], udp_drops(responder.pids) - drops_before[1]
@@ -401,7 +416,8 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         load.stop()
     return Result(name, args.scenario, report["completed"], report["attempted"], report["seconds"], server_cpu,
                   responder_cpu, report["load_cpu"], report["p50_ms"], report["p99_ms"], report["max_ms"],
-                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process, machine)
+                  report["statuses"], report["failures"], report["notes"], len(server.pids), core, *drops, by_process, machine,
+                  server_system)
 
 
 def print_result(result: Result) -> None:
@@ -411,6 +427,9 @@ def print_result(result: Result) -> None:
           f"({result.server_cpu / result.seconds:4.2f} cores, {result.processes} process"
           f"{'es' if result.processes > 1 else ''})  {latency}p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
           f"  max {result.max_ms:6.1f} ms")
+    kernel = result.server_system_cpu / max(result.completed, 1) * 1e6
+    print(f"  {'':<24} of which user {result.cpu_us - kernel:.1f} us, kernel {kernel:.1f} us "
+          f"({result.server_system_cpu / max(result.server_cpu, 1e-9):.0%} in the kernel)")
     statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items()))
     print(f"  {'':<24} whole machine {result.machine_cores:4.2f} of {os.cpu_count()} cores; "
           f"load generator {result.load_cpu / result.seconds:4.2f} cores, core "
