@@ -97,12 +97,21 @@ VALID_CACHE_SIZE = 8192
 _VALID: dict[Limits, tuple[set[str], ...]] = {}
 
 
+#: The Limits asked for last and its sets: a process parses with one Limits almost
+#: always, and hashing a frozen dataclass (all its fields) costs more than the lookup.
+_LAST_VALID: list = [None, None]
+
+
 def _valid_sets(limits: Limits) -> tuple[set[str], ...]:
+    last = _LAST_VALID
+    if last[0] is limits:
+        return last[1]
     sets = _VALID.get(limits)
     if sets is None:
         if len(_VALID) >= 16:  # a handful of Limits per process; bounded anyway
             _VALID.clear()
         sets = _VALID[limits] = tuple(set() for _ in range(_K_CONTENT_LENGTH + 1))
+    last[0], last[1] = limits, sets
     return sets
 
 
@@ -146,7 +155,7 @@ class Message:
     """Common part of Request and Response."""
 
     __slots__ = ("_start", "_keys", "_fields", "_body", "_raw", "_limits",
-                 "_vias", "_top", "_nvias", "__weakref__")
+                 "_vias", "_top", "_nvias", "_cseq", "__weakref__")
 
     is_request: bool = False
 
@@ -282,7 +291,12 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.get("cseq") or "")
+        """(number, method), parsed once per message: a response's method, the
+        transaction keys and the proxy's checks all ask for it."""
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = parse_cseq(self.get("cseq") or "")
+        return cseq
 
     @property
     def max_forwards(self) -> Optional[int]:
@@ -340,6 +354,7 @@ class Message:
         self._vias = None
         self._top = None
         self._nvias = None
+        self._cseq = None
 
     def _first_value(self, i: int) -> tuple[str, Optional[str]]:
         """(first value, field with that value removed or None if it was the only one)."""
@@ -370,6 +385,8 @@ class Message:
             self._vias = None
             self._top = None
             self._nvias = None
+        elif key == "cseq":
+            self._cseq = None
 
     def _pop_first(self, key: str) -> str:
         try:
@@ -382,7 +399,10 @@ class Message:
             del self._fields[i]
         else:
             self._fields[i] = rest
-        self._touch()
+        if key == "via" or key == "cseq":
+            self._touch()
+        else:
+            self._raw = None  # a Route popped: the parsed Vias and CSeq still hold
         return value
 
     def push_via(self, value: Union[str, Via]) -> None:
@@ -553,6 +573,7 @@ class Message:
         new._vias = self._vias
         new._top = self._top
         new._nvias = self._nvias
+        new._cseq = self._cseq
         new._init_start_copy(self)
         return new
 
@@ -792,6 +813,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Union[Request, Respon
     msg._vias = None
     msg._top = None
     msg._nvias = nvias
+    msg._cseq = None
     return msg
 
 
@@ -851,6 +873,14 @@ def _parse_request_line(start: str, limits: Limits) -> Request:
 
 
 def _parse_status_line(start: str) -> Response:
+    code = start[8:11]
+    if start[:8] == "SIP/2.0 " and len(code) == 3 and start[11:12] in (" ", "") \
+            and code.isdigit() and code.isascii() and code[0] in "123456":
+        # The usual form, decided without splitting (same result as below).
+        resp = Response.__new__(Response)
+        resp.status = int(code)
+        resp.reason = start[12:]
+        return resp
     version, _, rest = start.partition(" ")
     if version.upper() != SIP_VERSION:
         if _VERSION_RE.fullmatch(version):
@@ -915,4 +945,5 @@ def make_response(request: Request, status: int, reason: Optional[str] = None,
     resp._vias = request._vias
     resp._top = request._top
     resp._nvias = request._nvias
+    resp._cseq = request._cseq  # the same CSeq field
     return resp

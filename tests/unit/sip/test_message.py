@@ -87,6 +87,58 @@ def test_quoted_commas_and_angle_commas_in_contact_list():
     assert rrs[1].display == "Proxy, Two"
 
 
+def test_lazily_read_lists_raise_only_sip_parse_error():
+    """parse() does not check Supported, Require or Proxy-Require (a proxy relays them
+    untouched); reading a malformed one raises SipParseError, which the registrar turns
+    into 400 (test_register.py)."""
+    msg = parse(invite("Proxy-Require:< noProxies, norThese", "Require: a,,b"))
+    with pytest.raises(SipParseError):
+        msg.get_all("proxy-require")
+    with pytest.raises(SipParseError):
+        msg.proxy_require
+    assert msg.require == ["a", "b"]
+    assert bytes(parse(bytes(msg))) == bytes(msg)  # relayed as it came
+
+
+def test_cseq_parsed_once_and_forgotten_when_edited():
+    msg = parse(invite())
+    first = msg.cseq
+    assert msg.cseq is first  # remembered
+    copy = msg.copy()
+    assert copy.cseq == first
+    copy.set_header("CSeq", "7 INVITE")
+    assert copy.cseq == (7, "INVITE") and msg.cseq == first
+    copy.remove_header("CSeq")
+    copy.add_header("CSeq", "8 INVITE")
+    assert copy.cseq == (8, "INVITE")
+    copy.pop_via()  # other edits leave it alone, and it stays right
+    assert copy.cseq == (8, "INVITE")
+    resp = make_response(msg, 200)
+    assert resp.cseq == first and resp.method == "INVITE"
+
+
+@pytest.mark.parametrize("line, status, reason", [
+    ("SIP/2.0 200 OK", 200, "OK"), ("SIP/2.0 200", 200, ""), ("SIP/2.0 200 ", 200, ""),
+    ("SIP/2.0 180 Ringing here", 180, "Ringing here"), ("SIP/2.0 200  OK", 200, " OK"),
+    ("sip/2.0 486 Busy Here", 486, "Busy Here"),
+])
+def test_status_lines(line, status, reason):
+    data = crlf(line, "Via: SIP/2.0/UDP h;branch=z9hG4bK1", "To: <sip:b@x>;tag=2",
+                "From: <sip:a@x>;tag=1", "Call-ID: c", "CSeq: 1 INVITE", "Content-Length: 0")
+    resp = parse(data)
+    assert (resp.status, resp.reason) == (status, reason)
+
+
+@pytest.mark.parametrize("line", ["SIP/2.0 20", "SIP/2.0 2000 OK", "SIP/2.0  200 OK",
+                                  "SIP/2.0 ²00 OK", "SIP/2.0 700 x", "SIP/2.0 099 x",
+                                  "SIP/3.0 200 OK", "SIP/2.0"])
+def test_bad_status_lines(line):
+    data = crlf(line, "Via: SIP/2.0/UDP h;branch=z9hG4bK1", "To: <sip:b@x>;tag=2",
+                "From: <sip:a@x>;tag=1", "Call-ID: c", "CSeq: 1 INVITE", "Content-Length: 0")
+    with pytest.raises(SipParseError):
+        parse(data)
+
+
 def test_star_contact():
     data = crlf("REGISTER sip:example.com SIP/2.0", "Via: SIP/2.0/WS h.invalid;branch=z9hG4bK1",
                 "To: <sip:a@example.com>", "From: <sip:a@example.com>;tag=1", "Call-ID: c1",
