@@ -42,6 +42,15 @@ LOOPBACK = "127.0.0.1"
 EXPIRY_SWEEP_INTERVAL = 1.0
 
 
+def may_hold_bindings(record: ConnectionRecord) -> bool:
+    """Can the standalone core know this connection's flow? Only a browser's connection
+    that sent at least one SIP message (CRLF keep-alives do not count): a binding comes
+    from a REGISTER relayed from the flow. The others close without telling the core,
+    which spares a flow-token digest per connection, and with workers a message to the
+    master (a handshake that never carries SIP costs no IPC)."""
+    return record.role == SERVER and record.messages_in > 0
+
+
 class StandaloneService(Service):
     """Runs the standalone core when ``[sip] upstream`` is empty; idle otherwise."""
 
@@ -150,7 +159,7 @@ class StandaloneService(Service):
         return dataclasses.replace(sip_config, upstream=self.upstream)
 
     def _connection_closed(self, record: ConnectionRecord) -> None:
-        if self.home is None or record.role != SERVER:
+        if self.home is None or not may_hold_bindings(record):
             return
         relay = getattr(self.root, "relay", None)
         if relay is None:

@@ -33,7 +33,7 @@ from sipws.logsetup import json_line, make_formatter
 from sipws.proxy.targets import NoRoute
 from sipws.tap import EXIT_CONFIG, build_service
 from sipws.trace.errors import TraceNotConfigured
-from sipws.transport.connections import SERVER
+from sipws.transport.standalone import may_hold_bindings
 from sipws.workers.control import ControlProtocol, HandOver
 from sipws.workers.plan import LeasedIds, worker_config
 
@@ -186,7 +186,7 @@ class Worker:
 
     def _flow_closed(self, record: Any) -> None:
         relay = getattr(self.root, "relay", None)
-        if record.role == SERVER and relay is not None:
+        if relay is not None and may_hold_bindings(record):
             self.control.notify("flow_closed", token=relay.tokens.make(record.id))
 
     def _master_gone(self, reason: Any) -> None:
