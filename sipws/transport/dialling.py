@@ -9,9 +9,10 @@ Each pool says what a failed dial means for its waiting messages (``_fail_dial``
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 from twisted.internet import defer, error
+from twisted.internet.endpoints import wrapClientTLS
 
 
 class Dial:
@@ -29,12 +30,51 @@ class Dial:
 
 
 class DialingPool:
-    """Mixin for pools with ``self.dials: dict[key, Dial]`` and a ``_fail_dial(dial, reason)``."""
+    """Mixin for pools with ``self.dials: dict[key, Dial]``, ``self.clock``,
+    ``self.tls_client_options(server_name)``, ``self.tls_timeout`` and a
+    ``_fail_dial(dial, reason)``."""
 
     dials: dict[Any, Dial]
+    clock: Any
+    tls_client_options: Callable[[str], Any]
+    tls_timeout: float
 
     def _fail_dial(self, dial: Dial, reason: str) -> None:
         raise NotImplementedError
+
+    def _start_dial(self, dial: Dial, endpoint: Any, factory: Any, connect_timeout: float,
+                    tls_server_name: Optional[str] = None) -> bool:
+        """Connect ``endpoint`` (wrapped in TLS toward ``tls_server_name`` when given) for
+        ``dial``, under one deadline covering TCP and TLS. False when TLS could not even be
+        set up (a bad CA file ...): the dial then fails on the next reactor turn, not inside
+        the caller's loop."""
+        budget = connect_timeout
+        if tls_server_name is not None:
+            try:
+                endpoint = wrapClientTLS(self.tls_client_options(tls_server_name), endpoint)
+            except Exception as exc:  # noqa: BLE001 - fail the waiting messages, log once
+                self.clock.callLater(0, self._fail_dial, dial, f"TLS set-up failed: {exc}")
+                return False
+            budget += self.tls_timeout
+        dial.timeout = self.clock.callLater(budget, self._dial_timed_out, dial)
+        dial.connecting = endpoint.connect(factory)
+        dial.connecting.addCallbacks(self._dial_connected, self._dial_failed,
+                                     callbackArgs=(dial,), errbackArgs=(dial,))
+        return True
+
+    def _dial_lost(self, key: Any, protocol: Any) -> None:
+        """``protocol`` lost its connection: if it was still completing ``key``'s dial
+        (TLS handshake), that dial fails with the protocol's reason."""
+        dial = self.dials.get(key)
+        if dial is not None and dial.protocol is protocol:
+            self._fail_dial(dial, protocol.failure or "connection lost")
+
+    def _abandon_dials(self) -> None:
+        """Shutting down: stop every connection attempt and fail what waits on it."""
+        for dial in list(self.dials.values()):
+            if dial.connecting is not None:
+                dial.connecting.cancel()
+            self._fail_dial(dial, "shutting down")
 
     def _dial_connected(self, protocol: Any, dial: Dial) -> None:
         dial.connecting = None

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -301,20 +301,10 @@ class PeerPool(DialingPool):
     def _dial(self, peer: PeerKey) -> Dial:
         dial = Dial(peer)
         self.dials[peer] = dial
-        endpoint: Any = HostnameEndpoint(self.clock, peer.host, peer.port, timeout=self.connect_timeout)
-        budget = self.connect_timeout
-        if peer.tls:
-            try:
-                endpoint = wrapClientTLS(self.tls_client_options(peer.host), endpoint)
-            except Exception as exc:  # noqa: BLE001 - a bad CA file etc.: the chunks fail, logged once
-                self.clock.callLater(0, self._fail_dial, dial, f"TLS set-up failed: {exc}")
-                return dial
-            budget += self.tls_timeout
-        log.info("dialling {peer}", peer=str(peer))
-        dial.timeout = self.clock.callLater(budget, self._dial_timed_out, dial)
-        dial.connecting = endpoint.connect(_Factory(self, peer.tls, peer))
-        dial.connecting.addCallbacks(self._dial_connected, self._dial_failed,
-                                     callbackArgs=(dial,), errbackArgs=(dial,))
+        endpoint = HostnameEndpoint(self.clock, peer.host, peer.port, timeout=self.connect_timeout)
+        if self._start_dial(dial, endpoint, _Factory(self, peer.tls, peer), self.connect_timeout,
+                            peer.host if peer.tls else None):
+            log.info("dialling {peer}", peer=str(peer))
         return dial
 
     def _fail_dial(self, dial: Dial, reason: str) -> None:
@@ -368,9 +358,8 @@ class PeerPool(DialingPool):
         if protocol.ready:
             log.info("closed {conn}", conn=protocol.describe())
             self.events.peer_closed(protocol.conn_id)
-        dial = self.dials.get(protocol.peer_key) if protocol.peer_key is not None else None
-        if dial is not None and dial.protocol is protocol:
-            self._fail_dial(dial, protocol.failure or "connection lost")
+        if protocol.peer_key is not None:
+            self._dial_lost(protocol.peer_key, protocol)
 
     def _close_idle(self) -> None:
         deadline = self.clock.seconds() - self.idle_timeout
@@ -383,10 +372,7 @@ class PeerPool(DialingPool):
         self._stopping = True
         if self._sweep.running:
             self._sweep.stop()
-        for dial in list(self.dials.values()):
-            if dial.connecting is not None:
-                dial.connecting.cancel()
-            self._fail_dial(dial, "shutting down")
+        self._abandon_dials()
         for protocol in list(self.connections.values()):
             protocol.close()
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -272,20 +272,10 @@ class StreamPool(DialingPool):
         dial = Dial(key)
         self.dials[key] = dial
         endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint: Any = endpoint_class(self.clock, host, port, timeout=CONNECT_TIMEOUT)
-        budget = CONNECT_TIMEOUT
-        if transport_name == "tls":
-            try:
-                endpoint = wrapClientTLS(self.tls_client_options(server_name), endpoint)
-            except Exception as exc:  # noqa: BLE001 - a bad CA file etc.: fail the messages, log once
-                self.clock.callLater(0, self._fail_dial, dial, f"TLS set-up failed: {exc}")
-                return dial
-            budget += self.tls_timeout
-        log.info("dialling {transport}:{host}:{port}", transport=transport_name, host=host, port=port)
-        dial.timeout = self.clock.callLater(budget, self._dial_timed_out, dial)
-        dial.connecting = endpoint.connect(_StreamFactory(self, transport_name, dialled=True))
-        dial.connecting.addCallbacks(self._dial_connected, self._dial_failed,
-                                     callbackArgs=(dial,), errbackArgs=(dial,))
+        endpoint = endpoint_class(self.clock, host, port, timeout=CONNECT_TIMEOUT)
+        if self._start_dial(dial, endpoint, _StreamFactory(self, transport_name, dialled=True),
+                            CONNECT_TIMEOUT, server_name if transport_name == "tls" else None):
+            log.info("dialling {transport}:{host}:{port}", transport=transport_name, host=host, port=port)
         return dial
 
     def _dial_connected(self, protocol: SipStreamProtocol, dial: Dial) -> None:
@@ -325,9 +315,7 @@ class StreamPool(DialingPool):
     def lost(self, protocol: SipStreamProtocol) -> None:
         if self.connections.get(protocol.key) is protocol:
             del self.connections[protocol.key]
-        dial = self.dials.get(protocol.key)
-        if dial is not None and dial.protocol is protocol:
-            self._fail_dial(dial, protocol.failure or "connection lost")
+        self._dial_lost(protocol.key, protocol)
 
     def _close_idle(self) -> None:
         deadline = self.clock.seconds() - IDLE_TIMEOUT
@@ -341,10 +329,7 @@ class StreamPool(DialingPool):
         self._stopping = True
         if self._sweep.running:
             self._sweep.stop()
-        for dial in list(self.dials.values()):
-            if dial.connecting is not None:
-                dial.connecting.cancel()
-            self._fail_dial(dial, "shutting down")
+        self._abandon_dials()
         for protocol in list(self.connections.values()):
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
