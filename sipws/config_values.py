@@ -32,9 +32,11 @@ SIP_TRANSPORTS = ("udp", "tcp", "tls")
 SUBPROTOCOLS = ("sip", "msrp")
 #: Smallest and largest [msrp] max_chunk_size (bytes of one chunk's body).
 MIN_MSRP_CHUNK = 2048
+MAX_MSRP_CHUNK = 1024 * 1024
 #: MSRP's registered port (RFC 4975 §15.3), for [msrp] listen entries without one.
 MSRP_PORT = 2855
-MAX_MSRP_CHUNK = 1024 * 1024
+#: An Origin (RFC 6454 serialisation): scheme "://" host[:port], nothing after.
+_ORIGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$")
 
 
 class ConfigError(SipwsError):
@@ -222,7 +224,7 @@ def sip_listen(key: str, value: Any, section: dict) -> tuple[SipListen, ...]:
 def origins(key: str, value: Any) -> tuple[str, ...]:
     result = []
     for item in string_list(key, value):
-        if item != "null" and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$", item):
+        if item != "null" and not _ORIGIN_RE.match(item):
             raise ConfigError(
                 key, f"entries are origins like https://example.com or 'null', got {item!r}"
             )
@@ -304,7 +306,7 @@ def headers_table(key: str, value: Any) -> tuple[tuple[str, str], ...]:
 
 def origin(key: str, value: Any) -> str:
     value = expect(key, value, str)
-    if value and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$", value):
+    if value and not _ORIGIN_RE.match(value):
         raise ConfigError(key, f"must be an origin like https://sipws.example.com, got {value!r}")
     return value
 
