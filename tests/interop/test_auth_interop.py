@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import urllib.parse
 
-import pytest
 import pytest_twisted
 
 from sipws.admin import methods
@@ -21,20 +20,6 @@ from tests.unit.edge.keys import hmac_credential
 
 SECRET = "interop-secret-interop-secret-0123"
 AUTH = {"required": True, "bind_identity": True, "hmac_secrets": [SECRET]}
-
-
-@pytest.fixture
-def peers():
-    """Every UA started through it is stopped (by pid) at teardown."""
-    started: list[JsSipUa] = []
-
-    def add(peer: JsSipUa) -> JsSipUa:
-        started.append(peer)
-        return peer
-
-    yield add
-    for peer in reversed(started):
-        peer.stop()
 
 
 def url_for(port: int, user: str) -> str:

@@ -17,7 +17,7 @@ import pytest_twisted
 
 from tests.integration.conftest import port_of
 from tests.interop.peers import JsSipUa, KamailioCore, Sipp, free_port
-from tests.interop.test_relay_interop import blocking, messages_both_ways, peers, sip_port, sipws_config  # noqa: F401
+from tests.interop.test_relay_interop import blocking, messages_both_ways, sip_port, sipws_config
 
 NOPATH_CFG = Path(__file__).parent / "kamailio_nopath" / "kamailio.cfg"
 

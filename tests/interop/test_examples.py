@@ -13,8 +13,6 @@ import sys
 import tomllib
 import urllib.request
 
-import pytest
-
 from tests.conftest import require_peer
 from tests.integration.example_files import (
     EXAMPLES, PortMap, SipwsProcess, dump_toml, replace_endpoint_port, replace_port,
@@ -23,20 +21,6 @@ from tests.interop.peers import JsSipUa, KamailioCore, free_port
 
 KAMAILIO_DIR = EXAMPLES / "kamailio"
 SIPWS_CTL = os.path.join(os.path.dirname(sys.executable), "sipws-ctl")
-
-
-@pytest.fixture
-def peers():
-    """Everything started through it is stopped (by pid) at teardown, last first."""
-    started: list = []
-
-    def add(peer):
-        started.append(peer)
-        return peer
-
-    yield add
-    for peer in reversed(started):
-        peer.stop()
 
 
 def kamailio_example_copy(tmp_path, kamailio_port: int) -> tuple[dict, PortMap]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import DatagramProtocol
@@ -36,20 +35,6 @@ def messages_both_ways(alice: JsSipUa, bob: JsSipUa):
     bob.send(cmd="message", target="sip:alice@example.com", body="hi alice")
     got = yield blocking(alice.expect, "message")
     assert got["body"] == "hi alice"
-
-
-@pytest.fixture
-def peers():
-    """Everything started through it is stopped at teardown."""
-    started: list[Any] = []
-
-    def add(peer):
-        started.append(peer)
-        return peer
-
-    yield add
-    for peer in reversed(started):
-        peer.stop()
 
 
 def sipws_config(upstream_port: int, **sip: Any) -> dict[str, Any]:

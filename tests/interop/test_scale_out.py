@@ -182,23 +182,6 @@ def host_of(address: str) -> str:
 
 
 @pytest.fixture
-def peers():
-    """Everything started through it is stopped (by pid) at teardown, last first."""
-    started: list = []
-
-    def add(peer):
-        started.append(peer)
-        return peer
-
-    yield add
-    for peer in reversed(started):
-        try:
-            peer.stop()
-        except Exception:  # noqa: BLE001 - the next peer must still be stopped
-            pass
-
-
-@pytest.fixture
 def pki(tmp_path):
     """The test CA and a server certificate for 127.0.0.1 (HAProxy's and nginx's)."""
     ca = CertificateAuthority(tmp_path / "pki")
