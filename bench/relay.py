@@ -235,11 +235,14 @@ class Process:
             self.pids = list(dict.fromkeys(self.pids + descendants(self.pid)))
 
     def cpu_by_pid(self) -> dict[int, float]:
-        return {pid: cpu_seconds(pid) for pid in self.pids}
+        return self.cpu_reading()[0]
 
-    def system_cpu(self) -> float:
-        """Kernel time (stime) of every process of this server, in seconds."""
-        return sum(cpu_split(pid)[1] for pid in self.pids)
+    def cpu_reading(self) -> tuple[dict[int, float], float]:
+        """utime + stime of each process of this server, and the kernel time (stime) of
+        them all, from one read of each /proc/PID/stat."""
+        split = {pid: cpu_split(pid) for pid in self.pids}
+        return {pid: user + system for pid, (user, system) in split.items()}, \
+            sum(system for _, system in split.values())
 
     def tail(self, lines: int = 15) -> str:
         if self.log is None or not self.log.exists():
@@ -395,8 +398,7 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         responder.ask("stats")  # the warm-up's record is dropped
         server.refresh_pids()
         drops_before = udp_drops(server.pids), udp_drops(responder.pids)
-        server_before, responder_before = server.cpu_by_pid(), responder.cpu_by_pid()
-        system_before = server.system_cpu()
+        (server_before, system_before), responder_before = server.cpu_reading(), responder.cpu_by_pid()
         machine_before = machine_jiffies()
         load.send("go")
         report = json.loads(load.line(RUN_TIMEOUT))
@@ -404,9 +406,9 @@ def drive(name: str, server: Process, port: int, responder: Process, args: argpa
         machine = ((machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1)
                    * (os.cpu_count() or 1))
         server.refresh_pids()
-        server_after = server.cpu_by_pid()
+        server_after, system_after = server.cpu_reading()
         server_cpu = cpu_between(server_before, server_after)
-        server_system = server.system_cpu() - system_before
+        server_system = system_after - system_before
         by_process = [server_after[pid] - server_before.get(pid, 0.0) for pid in server.pids if server_after[pid]]
         responder_cpu = cpu_between(responder_before, responder.cpu_by_pid())
         drops = udp_drops(server.pids) - drops_before[0], udp_drops(responder.pids) - drops_before[1]
