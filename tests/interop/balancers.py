@@ -49,8 +49,26 @@ def wait_listening(host: str, port: int, process: subprocess.Popen, log: Callabl
     raise AssertionError(f"{what} did not listen on {host}:{port}: {log()[-3000:]}")
 
 
+class _Balancer:
+    """What HAProxy and nginx share once started: their log, and stopping them by pid
+    (SIGTERM: HAProxy's hard stop; nginx's fast shutdown, its master stopping the workers,
+    'daemon off' keeping the master the Popen's pid)."""
+
+    log_path: Path
+    process: subprocess.Popen | None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 @dataclass
-class HAProxy:
+class HAProxy(_Balancer):
     """contrib/haproxy/sipws.cfg as shipped (addresses, ports, certificate replaced)
     under a minimal global section of the test's own: ``haproxy -db -f GLOBAL -f COPY``."""
 
@@ -102,18 +120,8 @@ class HAProxy:
         wait_listening(*self.listen, self.process, self.log_text, "haproxy")
         return self
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
 @dataclass
-class Nginx:
+class Nginx(_Balancer):
     """contrib/nginx/sipws.conf as shipped (addresses, ports, certificate replaced),
     included in the http block of a main file of the test's own (pid, logs and
     temp paths under ``run_dir``): ``nginx -c MAIN -g 'daemon off;'``."""
@@ -161,14 +169,3 @@ class Nginx:
                                         stdin=subprocess.DEVNULL)
         wait_listening(*self.listen, self.process, self.log_text, "nginx")
         return self
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        # SIGTERM (the Popen's pid is nginx's master: 'daemon off' keeps it in the
-        # foreground) is nginx's fast shutdown; the master stops its workers.
-        stop_process(self.process)
