@@ -1,4 +1,5 @@
-"""Shared by the real-browser tests (test_browser_wss.py, test_browser_phone.py).
+"""Shared by the real-browser tests (test_browser_wss.py, test_browser_msrp.py,
+test_browser_phone.py, test_browser_compression.py).
 
 A loopback-only network namespace (WebRTC and Chromium's background work would
 otherwise reach every interface of the machine), sipws started by twistd inside
@@ -9,6 +10,7 @@ Every process is stopped by its own pid.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -19,19 +21,24 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.certs import CertificateAuthority
 from tests.conftest import require_peer
-from tests.integration.example_files import REPO, TWISTD, dump_toml
+from tests.integration.example_files import REPO, TWISTD, dump_toml, free_port
 
 JS_DIR = Path(__file__).parent / "js"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LOG_WAIT = 5.0
+#: Bound on each wait inside the browser (launch, page load, open, answer, close).
+BROWSER_WAIT_MS = 10_000
+#: Bound on a whole one-shot Node driver (browser launch, its pages, browser close).
+DRIVER_TIMEOUT = 45.0
 
 
 def spki_hash(cert_path: str) -> str:
@@ -158,6 +165,77 @@ class Sipws:
         return self.status
 
 
+@contextlib.contextmanager
+def sipws_on_wss(netns: LoopbackNamespace, run_dir: Path, allowed_origin: str,
+                 subprotocols: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """sipws (twistd) in the namespace: wss on 127.0.0.1 with a certificate from a fresh
+    test CA, no ws listener, an upstream UDP port with nothing behind it, admin off.
+    Yields {"process", "log", "port", "cert"}; at exit it is stopped by its pid
+    ("status" is its exit status), which must be clean: exit 0 or SIGTERM, no traceback."""
+    ca = CertificateAuthority(run_dir / "pki")
+    server = ca.issue("server", ["127.0.0.1", "localhost"])
+    # Ports are chosen outside the namespace; inside it every port is free.
+    wss_port, sip_port, dead_port = free_port(), free_port(), free_port()
+    wss: dict[str, Any] = {"listen": [f"127.0.0.1:{wss_port}"], "certificate": server.cert,
+                           "private_key": server.key}
+    if subprotocols is not None:
+        wss["subprotocols"] = subprotocols
+    config = {
+        "ws": {"listen": []},
+        "wss": wss,
+        "http": {"allowed_origins": [allowed_origin]},
+        "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"], "upstream": f"sip:127.0.0.1:{dead_port};transport=udp"},
+        "admin": {"listen": ""},
+    }
+    sipws = Sipws(netns, run_dir, config)
+    info: dict[str, Any] = {"process": None, "log": sipws.log_path, "port": wss_port, "cert": server.cert}
+    try:
+        sipws.start([f"wss on 127.0.0.1:{wss_port}"])
+        info["process"] = sipws.process
+        yield info
+    finally:
+        info["status"] = sipws.stop()
+    assert info["status"] in (0, -signal.SIGTERM), sipws.log()[-3000:]
+    assert "Traceback" not in sipws.log()
+
+
+def kill_browser(pid: int | None) -> None:
+    """puppeteer starts Chromium detached: its own process group, led by the pid it printed."""
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_driver(netns: LoopbackNamespace, run_dir: Path, script: str, config: dict[str, Any]) -> list[dict]:
+    """A one-shot Node driver (tests/interop/js/SCRIPT) in the namespace, given ``config``
+    plus the Chromium binary, a profile directory under ``run_dir`` and BROWSER_WAIT_MS.
+    Its JSON lines, the last of which must be {"done": true}; past DRIVER_TIMEOUT the
+    driver and the browser are killed and the test fails."""
+    chromium = require_peer("chromium", "Debian package chromium")
+    node = require_peer("node", "Debian package nodejs")
+    if not (JS_DIR / "node_modules" / "puppeteer-core").is_dir():
+        pytest.fail("puppeteer-core is not installed in tests/interop/js; `make test` installs it")
+    config = {"chromium": chromium, "userDataDir": str(run_dir / "chromium-profile"),
+              "timeoutMs": BROWSER_WAIT_MS, **config}
+    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1", HOME=str(run_dir))
+    driver = subprocess.Popen(netns.wrap([node, str(JS_DIR / script), json.dumps(config)]), cwd=JS_DIR, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        out, err = driver.communicate(timeout=DRIVER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        out, err = driver.communicate(timeout=STOP_TIMEOUT)
+        for line in out.decode().splitlines():
+            if '"browserPid"' in line:
+                kill_browser(json.loads(line)["browserPid"])
+        pytest.fail(f"browser driver timed out after {DRIVER_TIMEOUT}s: {out.decode()} {err.decode()[-3000:]}")
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert driver.returncode == 0 and lines and lines[-1] == {"done": True}, (out.decode(), err.decode()[-3000:])
+    return lines
+
+
 class BrowserDriver:
     """tests/interop/js/browser_phone.mjs in the namespace: commands in, answers out.
 
@@ -235,10 +313,4 @@ class BrowserDriver:
             except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
                 pass
         stop(self.process)
-        # puppeteer starts Chromium detached (its own process group, led by the pid it printed)
-        pid = self.browser.get("browserPid")
-        if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_browser(self.browser.get("browserPid"))

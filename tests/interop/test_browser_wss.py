@@ -19,103 +19,35 @@ Until commit 9cab901 every browser failed here with ERR_SSL_PROTOCOL_ERROR
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.certs import CertificateAuthority
-from tests.conftest import require_peer
-from tests.integration.example_files import REPO, TWISTD, dump_toml, free_port
-from tests.interop.browser import LoopbackNamespace, netns, spki_hash, stop, wait_log  # noqa: F401 (netns: fixture)
+from tests.interop.browser import (  # noqa: F401 (netns: fixture)
+    LoopbackNamespace, netns, run_driver, sipws_on_wss, spki_hash, wait_log,
+)
 
-JS_DIR = Path(__file__).parent / "js"
-DRIVER = JS_DIR / "browser_wss.mjs"
 ALLOWED_ORIGIN = "https://phone.sipws.test"
 OTHER_ORIGIN = "https://evil.sipws.test"
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-#: Bound on each wait inside the browser (launch, page load, open, SIP answer, close).
-BROWSER_WAIT_MS = 10_000
-#: Bound on the whole Node driver (browser launch, two pages, browser close).
-DRIVER_TIMEOUT = 45.0
 
 
 @pytest.fixture
 def sipws_wss(tmp_path, netns):
     """sipws (twistd) in the namespace: wss on 127.0.0.1, an upstream UDP port with nothing behind it."""
-    ca = CertificateAuthority(tmp_path / "pki")
-    server = ca.issue("server", ["127.0.0.1", "localhost"])
-    # Ports are chosen outside the namespace; inside it every port is free.
-    wss_port, sip_port, dead_port = free_port(), free_port(), free_port()
-    config = {
-        "ws": {"listen": []},
-        "wss": {"listen": [f"127.0.0.1:{wss_port}"], "certificate": server.cert, "private_key": server.key},
-        "http": {"allowed_origins": [ALLOWED_ORIGIN]},
-        "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"], "upstream": f"sip:127.0.0.1:{dead_port};transport=udp"},
-        "admin": {"listen": ""},
-    }
-    (tmp_path / "sipws.toml").write_text(dump_toml(config))
-    log_path = tmp_path / "sipws.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            netns.wrap([TWISTD, "-n", "--pidfile=", "sipws", "--config", str(tmp_path / "sipws.toml")]),
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    sipws = {"process": process, "log": log_path, "port": wss_port, "cert": server.cert}
-    try:
-        # The test runs outside the namespace, so it waits for the log line, not a connect.
-        deadline = time.monotonic() + START_TIMEOUT
-        while f"listening wss on 127.0.0.1:{wss_port}" not in log_path.read_text(errors="replace"):
-            assert process.poll() is None, f"sipws exited: {log_path.read_text(errors='replace')}"
-            assert time.monotonic() < deadline, f"sipws did not listen: {log_path.read_text(errors='replace')}"
-            time.sleep(0.1)
+    with sipws_on_wss(netns, tmp_path, ALLOWED_ORIGIN) as sipws:
         yield sipws
-    finally:
-        status = stop(process)
-        sipws["status"] = status
-    assert status in (0, -signal.SIGTERM), log_path.read_text(errors="replace")[-3000:]
-    assert "Traceback" not in log_path.read_text(errors="replace")
 
 
 def run_browser(netns: LoopbackNamespace, tmp_path: Path, sipws: dict, cases: list[dict]) -> dict[str, dict]:
     """Runs the Node driver in the namespace; its JSON lines by case name (pages' results),
     plus "browser" (version, pid) and "granted" (permissions per origin)."""
-    chromium = require_peer("chromium", "Debian package chromium")
-    node = require_peer("node", "Debian package nodejs")
-    if not (JS_DIR / "node_modules" / "puppeteer-core").is_dir():
-        pytest.fail("puppeteer-core is not installed in tests/interop/js; `make test` installs it")
-    config = {
-        "chromium": chromium,
-        "userDataDir": str(tmp_path / "chromium-profile"),
+    lines = run_driver(netns, tmp_path, "browser_wss.mjs", {
         "spki": spki_hash(sipws["cert"]),
         "wssUrl": f"wss://127.0.0.1:{sipws['port']}/",
         "wsUrl": f"ws://sip.sipws.test:{sipws['port']}/",
         "cases": cases,
-        "timeoutMs": BROWSER_WAIT_MS,
-    }
-    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1", HOME=str(tmp_path))
-    driver = subprocess.Popen(netns.wrap([node, str(DRIVER), json.dumps(config)]), cwd=JS_DIR, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        out, err = driver.communicate(timeout=DRIVER_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        driver.kill()
-        out, err = driver.communicate(timeout=STOP_TIMEOUT)
-        # puppeteer starts Chromium detached (its own process group, led by the pid it printed)
-        for line in out.decode().splitlines():
-            if '"browserPid"' in line:
-                try:
-                    os.killpg(json.loads(line)["browserPid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        pytest.fail(f"browser driver timed out after {DRIVER_TIMEOUT}s: {out.decode()} {err.decode()[-3000:]}")
-    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    assert driver.returncode == 0 and lines and lines[-1] == {"done": True}, (out.decode(), err.decode()[-3000:])
+    })
     results = {line["case"]: line for line in lines if "case" in line}
     for line in lines:
         for key in ("browser", "granted"):
